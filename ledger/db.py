@@ -1,0 +1,142 @@
+"""Engines and sessions for PostgreSQL and SQLite, configured the same way everywhere."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import DateTime, Engine, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.types import TypeDecorator
+
+SQLITE_BUSY_TIMEOUT_S = 30
+"""How long a SQLite writer waits for another one before giving up."""
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in and out, whatever the backend keeps.
+
+    SQLite has no time zones, so values are stored as naive UTC and made aware
+    again on the way out; PostgreSQL keeps `timestamptz`.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given where UTC is required")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    """Now, as an aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+def from_timestamp(seconds: int | float) -> datetime:
+    """A Stripe Unix timestamp as an aware UTC datetime."""
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine for `url`, with SQLite made safe for several processes.
+
+    SQLite gets WAL (readers don't block the writer), a busy timeout, and
+    `BEGIN IMMEDIATE` so two writers queue up instead of failing on a lock
+    upgrade half-way through a transaction.
+    """
+    if url.startswith("sqlite"):
+        engine = create_engine(
+            url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "isolation_level": None}, **kwargs
+        )
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(connection: Any) -> None:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    return create_engine(url, **kwargs)
+
+
+class Database:
+    """One engine and its session factory, re-created after a fork.
+
+    A forking RQ worker must not share database connections with its parent:
+    the child would talk on the parent's sockets. `engine` notices the new
+    process id and starts a fresh pool.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._pid = -1
+        self._engine: Engine | None = None
+        self._sessions: sessionmaker[Session] | None = None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None or self._pid != os.getpid():
+            if self._engine is not None:
+                # Drop the inherited pool without closing the parent's connections.
+                self._engine.dispose(close=False)
+            self._engine = make_engine(self.url)
+            self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+            self._pid = os.getpid()
+        return self._engine
+
+    def session(self) -> Session:
+        self.engine  # noqa: B018 - (re)creates the factory in this process
+        assert self._sessions is not None
+        return self._sessions()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A session whose work commits at the end of the block, or rolls back."""
+        with self.session() as session, session.begin():
+            yield session
+
+    def dispose(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+
+def insert_unless_present(
+    session: Session, model: type[Any], values: dict[str, Any], *, key: list[str]
+) -> bool:
+    """Insert a row unless one with the same `key` exists; True when inserted.
+
+    The database settles the race (ON CONFLICT DO NOTHING), so two processes
+    inserting the same row at once still store it once.
+    """
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    statement = (
+        dialect.insert(model)
+        .values(values)
+        .on_conflict_do_nothing(index_elements=key)
+        .returning(*(model.__table__.c[column] for column in key))
+    )
+    # RETURNING, not rowcount: the ORM's execution path does not report rowcount.
+    return session.execute(statement).first() is not None

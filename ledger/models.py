@@ -1,0 +1,154 @@
+"""The SQL schema: raw Stripe events, and the state the worker derives from them.
+
+Events are kept whole and for ever: they are the evidence every number points
+back to. The state tables hold what is needed to recompute movements at any
+time (mrr-rules.md §5–§6) without asking Stripe again: every observed version
+of every subscription (`subscription_snapshots`), the latest version of the
+objects subscriptions refer to (`stripe_objects`: prices, coupons, discounts,
+invoices, products), and one row per customer and per subscription with its
+latest known state.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import JSON, BigInteger, Index, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from ledger.db import UTCDateTime
+
+JsonDocument = JSON().with_variant(JSONB(), "postgresql")
+"""JSON on SQLite, JSONB on PostgreSQL."""
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime, dict[str, Any]: JsonDocument}
+
+
+class EventStatus(enum.StrEnum):
+    PENDING = "pending"
+    """Stored, not yet applied to the ledger (or waiting for a retry)."""
+    PROCESSED = "processed"
+    """Applied to the ledger."""
+    IGNORED = "ignored"
+    """A type subledger does not use; kept for the record."""
+    FAILED = "failed"
+    """Gave up after the last retry; `last_error` says why. `subledger replay` retries it."""
+
+
+class StripeEvent(Base):
+    """One Stripe event exactly as received, and how far its processing got."""
+
+    __tablename__ = "stripe_events"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    type: Mapped[str] = mapped_column(String(255))
+    api_version: Mapped[str | None] = mapped_column(String(64))
+    livemode: Mapped[bool]
+    created: Mapped[datetime]
+    payload: Mapped[dict[str, Any]]
+    received_at: Mapped[datetime]
+    received_via: Mapped[str] = mapped_column(String(16))
+    """`webhook`, or `catchup` for events read back from Stripe's Events API."""
+    partition: Mapped[str] = mapped_column(String(255))
+    """What must be processed in order with this event: its customer, else its object."""
+    shard: Mapped[int] = mapped_column(Integer)
+    """Which drain job picks the event up (see ledger.intake)."""
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[datetime | None]
+    processed_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        Index("ix_stripe_events_due", "status", "shard", "next_attempt_at"),
+        Index("ix_stripe_events_partition", "partition", "status"),
+        Index("ix_stripe_events_created", "created"),
+    )
+
+
+class Customer(Base):
+    """A Stripe customer, as last seen."""
+
+    __tablename__ = "customers"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    livemode: Mapped[bool]
+    email: Mapped[str | None] = mapped_column(String(512))
+    name: Mapped[str | None] = mapped_column(String(512))
+    created: Mapped[datetime | None]
+    deleted: Mapped[bool] = mapped_column(default=False)
+    observed_at: Mapped[datetime]
+    """Stripe time of the version stored here; an older event never overwrites a newer one."""
+
+
+class Subscription(Base):
+    """A Stripe subscription's latest known version (the full history is in snapshots)."""
+
+    __tablename__ = "subscriptions"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(String(255), index=True)
+    livemode: Mapped[bool]
+    status: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any]]
+    observed_at: Mapped[datetime]
+
+
+class SubscriptionSnapshot(Base):
+    """One observed version of a subscription, with where it came from.
+
+    `rank` settles two versions observed in the same second: 0 for an event's
+    payload, 1 for a version re-read from the API (authoritative), 2 for a
+    reconciliation's correcting state. The same content seen twice is stored
+    once.
+    """
+
+    __tablename__ = "subscription_snapshots"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    subscription_id: Mapped[str] = mapped_column(String(255))
+    customer_id: Mapped[str] = mapped_column(String(255), index=True)
+    livemode: Mapped[bool]
+    observed_at: Mapped[datetime]
+    rank: Mapped[int] = mapped_column(Integer, default=0)
+    source: Mapped[str] = mapped_column(String(255))
+    """`evt_…`, `backfill:<run>`, `reconcile:<run>` or `refetch:<event>`."""
+    content_hash: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]]
+
+    __table_args__ = (
+        UniqueConstraint("subscription_id", "observed_at", "rank", "content_hash"),
+        Index("ix_subscription_snapshots_subscription", "subscription_id", "observed_at"),
+    )
+
+
+class StripeObject(Base):
+    """The latest known version of an object subscriptions refer to.
+
+    Prices (with their tiers), coupons, discounts, products and invoices. Stripe
+    webhooks name these by id; the MRR rules need them whole.
+    """
+
+    __tablename__ = "stripe_objects"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    object: Mapped[str] = mapped_column(String(64), index=True)
+    livemode: Mapped[bool]
+    customer_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    deleted: Mapped[bool] = mapped_column(default=False)
+    payload: Mapped[dict[str, Any]]
+    observed_at: Mapped[datetime]
