@@ -1,0 +1,202 @@
+"""Applying Stripe objects to the stored state: customers, subscriptions and the
+objects they refer to.
+
+Every write here is idempotent and order-free: an older version never
+overwrites a newer one, and the same subscription version is stored once, so
+events may arrive late, twice or shuffled (mrr-rules.md §5) and the state comes
+out the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from ledger.db import from_timestamp, insert_unless_present
+from ledger.intake import (
+    CATALOG_EVENTS,
+    CUSTOMER_EVENTS,
+    DISCOUNT_EVENTS,
+    INVOICE_EVENTS,
+    SUBSCRIPTION_EVENTS,
+)
+from ledger.models import Customer, StripeEvent, StripeObject, Subscription, SubscriptionSnapshot
+
+RANK_EVENT = 0
+"""Snapshot rank of a version carried by a webhook or catch-up event."""
+RANK_REFETCH = 1
+"""Snapshot rank of a version re-read from the API to settle a same-second tie."""
+RANK_RECONCILE = 2
+"""Snapshot rank of a reconciliation's correcting version."""
+
+
+class UnusableEvent(ValueError):
+    """A used event type whose object lacks what processing needs."""
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What applying one event touched; the MRR engine recomputes from here."""
+
+    customer_id: str | None
+    subscription_id: str | None
+    observed_at: datetime
+
+
+def content_hash(document: Mapping[str, Any]) -> str:
+    """A stable digest of a JSON document (key order does not matter)."""
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _customer_id(obj: Mapping[str, Any]) -> str | None:
+    customer = obj.get("customer")
+    if isinstance(customer, Mapping):
+        customer = customer.get("id")
+    return customer if isinstance(customer, str) and customer else None
+
+
+NEVER_OBSERVED = from_timestamp(0)
+"""`observed_at` of a customer known only by id: any real version is newer."""
+
+
+def ensure_customer(session: Session, customer_id: str, *, livemode: bool) -> None:
+    """A placeholder row for a customer known only by id so far."""
+    insert_unless_present(
+        session,
+        Customer,
+        {"id": customer_id, "livemode": livemode, "deleted": False, "observed_at": NEVER_OBSERVED},
+        key=["id"],
+    )
+
+
+def record_customer(
+    session: Session, customer: Mapping[str, Any], *, observed_at: datetime, deleted: bool = False
+) -> str:
+    """Store a customer version unless a newer one is stored."""
+    customer_id = customer.get("id")
+    if not isinstance(customer_id, str):
+        raise UnusableEvent("customer object has no id")
+    livemode = bool(customer.get("livemode"))
+    ensure_customer(session, customer_id, livemode=livemode)
+    row = session.get(Customer, customer_id)
+    assert row is not None
+    if observed_at >= row.observed_at:
+        created = customer.get("created")
+        row.email = customer.get("email") if isinstance(customer.get("email"), str) else None
+        row.name = customer.get("name") if isinstance(customer.get("name"), str) else None
+        row.created = from_timestamp(created) if isinstance(created, int) else row.created
+        row.observed_at = observed_at
+    if deleted:
+        row.deleted = True
+    return customer_id
+
+
+def record_subscription(
+    session: Session,
+    subscription: Mapping[str, Any],
+    *,
+    observed_at: datetime,
+    source: str,
+    rank: int = RANK_EVENT,
+) -> Applied:
+    """Store one observed version of a subscription and keep its latest version current."""
+    subscription_id = subscription.get("id")
+    customer_id = _customer_id(subscription)
+    status = subscription.get("status")
+    if not isinstance(subscription_id, str) or customer_id is None or not isinstance(status, str):
+        raise UnusableEvent("subscription object lacks id, customer or status")
+    livemode = bool(subscription.get("livemode"))
+    ensure_customer(session, customer_id, livemode=livemode)
+    insert_unless_present(
+        session,
+        SubscriptionSnapshot,
+        {
+            "subscription_id": subscription_id,
+            "customer_id": customer_id,
+            "livemode": livemode,
+            "observed_at": observed_at,
+            "rank": rank,
+            "source": source,
+            "content_hash": content_hash(subscription),
+            "payload": dict(subscription),
+        },
+        key=["subscription_id", "observed_at", "rank", "content_hash"],
+    )
+    inserted = insert_unless_present(
+        session,
+        Subscription,
+        {
+            "id": subscription_id,
+            "customer_id": customer_id,
+            "livemode": livemode,
+            "status": status,
+            "payload": dict(subscription),
+            "observed_at": observed_at,
+        },
+        key=["id"],
+    )
+    if not inserted:
+        latest = session.get(Subscription, subscription_id)
+        assert latest is not None
+        if observed_at >= latest.observed_at:
+            latest.status = status
+            latest.payload = dict(subscription)
+            latest.observed_at = observed_at
+    return Applied(customer_id=customer_id, subscription_id=subscription_id, observed_at=observed_at)
+
+
+def record_object(
+    session: Session, obj: Mapping[str, Any], *, observed_at: datetime, deleted: bool = False
+) -> Applied:
+    """Store the latest version of a price, coupon, discount, product or invoice."""
+    object_id = obj.get("id")
+    kind = obj.get("object")
+    if not isinstance(object_id, str) or not isinstance(kind, str):
+        raise UnusableEvent("object lacks id or type")
+    customer_id = _customer_id(obj)
+    livemode = bool(obj.get("livemode"))
+    values = {
+        "id": object_id,
+        "object": kind,
+        "livemode": livemode,
+        "customer_id": customer_id,
+        "deleted": deleted,
+        "payload": dict(obj),
+        "observed_at": observed_at,
+    }
+    if not insert_unless_present(session, StripeObject, values, key=["id"]):
+        row = session.get(StripeObject, object_id)
+        assert row is not None
+        if observed_at >= row.observed_at:
+            row.payload = dict(obj)
+            row.observed_at = observed_at
+            row.customer_id = customer_id or row.customer_id
+        # A deletion is final whatever order the events came in.
+        row.deleted = row.deleted or deleted
+    if customer_id is not None:
+        ensure_customer(session, customer_id, livemode=livemode)
+    return Applied(customer_id=customer_id, subscription_id=None, observed_at=observed_at)
+
+
+def apply_event(session: Session, event: StripeEvent) -> Applied:
+    """Apply one stored event to the state tables."""
+    obj = event.payload["data"]["object"]
+    observed_at = event.created
+    kind = event.type
+    if kind in SUBSCRIPTION_EVENTS:
+        return record_subscription(session, obj, observed_at=observed_at, source=event.id)
+    if kind in CUSTOMER_EVENTS:
+        customer_id = record_customer(
+            session, obj, observed_at=observed_at, deleted=kind == "customer.deleted"
+        )
+        return Applied(customer_id=customer_id, subscription_id=None, observed_at=observed_at)
+    if kind in DISCOUNT_EVENTS | INVOICE_EVENTS | CATALOG_EVENTS:
+        return record_object(session, obj, observed_at=observed_at, deleted=kind.endswith(".deleted"))
+    raise UnusableEvent(f"event type {kind} is not processed")

@@ -1,0 +1,33 @@
+"""The web process: Stripe webhook receiver, health check, API and dashboard."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from flask import Flask
+
+from ledger.settings import ConfigError, Settings, load_settings
+from webapp import errors, health, services, webhooks
+
+MAX_BODY_BYTES = 1024 * 1024
+"""Largest request body accepted (Stripe events are far smaller)."""
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the Flask app; settings come from the environment unless given."""
+    if settings is None:
+        try:
+            settings = load_settings()
+        except ConfigError as exc:
+            # gunicorn would print a traceback; one line says it better.
+            print(f"subledger: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    logging.getLogger("subledger").setLevel(logging.INFO)
+    services.init_app(app, settings)
+    errors.init_app(app)
+    webhooks.init_app(app)
+    health.init_app(app)
+    return app

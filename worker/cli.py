@@ -1,0 +1,184 @@
+"""`subledger`: the one command-line entry point.
+
+Every failure ends in one line on stderr naming the problem and a non-zero
+exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, date, datetime
+from typing import NoReturn
+
+from redis import Redis, RedisError
+from sqlalchemy.exc import SQLAlchemyError
+
+from ledger.db import Database
+from ledger.settings import ConfigError, Settings, load_settings
+
+log = logging.getLogger("subledger")
+
+
+class CommandError(RuntimeError):
+    """A command cannot do its work; the message is shown as it is."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"subledger: {message} (see `{self.prog} --help`)\n")
+
+
+def _date(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a date (YYYY-MM-DD)") from None
+
+
+def _settings() -> Settings:
+    return load_settings()
+
+
+@contextmanager
+def redis_connection(settings: Settings) -> Iterator[tuple[Redis, bool]]:
+    """Redis from REDIS_URL, or an embedded server for a local run (True when embedded)."""
+    if settings.redis_url:
+        connection = Redis.from_url(settings.redis_url)
+        try:
+            connection.ping()
+        except RedisError as exc:
+            raise CommandError(f"Redis at REDIS_URL does not answer ({type(exc).__name__})") from None
+        yield connection, False
+        return
+    from worker.embedded import embedded_redis
+
+    with embedded_redis() as url:
+        yield Redis.from_url(url), True
+
+
+def _require_redis_url(settings: Settings, what: str) -> str:
+    if not settings.redis_url:
+        raise CommandError(
+            f"REDIS_URL is not set: a {what} must share Redis with the web process "
+            "(`subledger serve` runs everything locally on an embedded Redis)"
+        )
+    return settings.redis_url
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from ledger import migrate
+
+    settings = _settings()
+    db = Database(settings.database_url)
+    if args.action == "upgrade":
+        migrate.upgrade(db.engine, args.revision or "head")
+    elif args.action == "downgrade":
+        if not args.revision:
+            raise CommandError("db downgrade needs a revision (e.g. `base`)")
+        migrate.downgrade(db.engine, args.revision)
+    print(f"database at revision {migrate.current_revision(db.engine) or 'base'}")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from rq import SimpleWorker, Worker
+
+    from worker.queues import queue
+
+    settings = _settings()
+    connection = Redis.from_url(_require_redis_url(settings, "worker"))
+    worker_class = SimpleWorker if args.simple else Worker
+    worker = worker_class([queue(connection)], connection=connection)
+    worker.work(burst=args.burst, with_scheduler=True, logging_level="INFO")
+    return 0
+
+
+def cmd_clock(args: argparse.Namespace) -> int:
+    from worker.clock import run_clock
+
+    settings = _settings()
+    run_clock(Redis.from_url(_require_redis_url(settings, "clock")), settings)
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from worker import replay
+
+    settings = _settings()
+    since = datetime.combine(args.since, datetime.min.time(), UTC) if args.since else None
+    db = Database(settings.database_url)
+    count, shards = replay.mark_for_replay(db, failed_only=args.failed, since=since)
+    if count == 0:
+        print("nothing to replay")
+        return 0
+    with redis_connection(settings) as (connection, embedded):
+        if embedded:
+            # No shared queue: process the events here and now.
+            report = replay.process_now(db)
+            print(f"replayed {count} events: {report.processed} processed, {report.failed} failed")
+            return 1 if report.failed else 0
+        for shard in shards:
+            replay.wake(connection, shard)
+    print(f"re-queued {count} events on {len(shards)} shards")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from worker.local import serve
+
+    return serve(_settings(), port=args.port, workers=args.workers)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="subledger", description="Subscription analytics for Stripe.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    db = commands.add_parser("db", help="database migrations")
+    db.add_argument("action", choices=("upgrade", "downgrade", "current"))
+    db.add_argument("revision", nargs="?", help="target revision (default: head)")
+    db.set_defaults(handler=cmd_db)
+
+    worker = commands.add_parser("worker", help="run an RQ worker (needs REDIS_URL)")
+    worker.add_argument("--burst", action="store_true", help="exit once the queue is empty")
+    worker.add_argument("--simple", action="store_true", help="run jobs in this process (no fork)")
+    worker.set_defaults(handler=cmd_worker)
+
+    clock = commands.add_parser("clock", help="run the cron scheduler: sweeper and nightly reconcile")
+    clock.set_defaults(handler=cmd_clock)
+
+    replay = commands.add_parser("replay", help="re-queue stored events")
+    replay.add_argument("--failed", action="store_true", help="only events that failed")
+    replay.add_argument("--since", type=_date, help="only events created on or after DATE (YYYY-MM-DD)")
+    replay.set_defaults(handler=cmd_replay)
+
+    serve = commands.add_parser("serve", help="web, worker and clock on this machine (embedded Redis)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=2, help="worker processes")
+    serve.set_defaults(handler=cmd_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except (ConfigError, CommandError) as exc:
+        print(f"subledger: {exc}", file=sys.stderr)
+    except SQLAlchemyError as exc:
+        print(f"subledger: database error: {type(exc).__name__}: {str(exc).splitlines()[0]}", file=sys.stderr)
+    except RedisError as exc:
+        print(f"subledger: Redis error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("subledger: interrupted", file=sys.stderr)
+        return 130
+    return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""The `clock` process: RQ's own cron scheduler queues the periodic jobs.
+
+Run exactly one clock: RQ's cron has no locking, so two clocks would queue
+everything twice. The jobs it queues are safe to run twice all the same.
+"""
+
+from __future__ import annotations
+
+from redis import Redis
+from rq.cron import CronScheduler
+
+from ledger.intake import QUEUE_NAME
+from ledger.settings import Settings
+from worker import jobs
+from worker.defaults import SWEEP_INTERVAL_S
+
+
+def build_scheduler(connection: Redis, settings: Settings) -> CronScheduler:
+    scheduler = CronScheduler(connection=connection, name="subledger-clock")
+    scheduler.register(jobs.sweep, QUEUE_NAME, interval=SWEEP_INTERVAL_S, result_ttl=600)
+    return scheduler
+
+
+def run_clock(connection: Redis, settings: Settings) -> None:
+    build_scheduler(connection, settings).start()  # type: ignore[no-untyped-call]

@@ -1,0 +1,24 @@
+"""Tunable constants of the worker side, each with what it is for."""
+
+from __future__ import annotations
+
+MAX_ATTEMPTS = 8
+"""An event that failed this many times is marked failed (replay retries it)."""
+
+RETRY_BASE_S = 30
+"""First retry of a failed event after this long; doubles each attempt."""
+
+RETRY_MAX_S = 3600
+"""Retries of a failed event are never further apart than this."""
+
+STUCK_AFTER_S = 120
+"""The sweeper re-queues events still pending this long after they arrived."""
+
+SWEEP_INTERVAL_S = 60
+"""How often the clock process runs the sweeper."""
+
+PARTITIONS_PER_PASS = 200
+"""Customers a drain job claims per database round trip."""
+
+DRAIN_BUDGET_S = 120
+"""A drain job hands over to a fresh job after this long, so no job runs unbounded."""

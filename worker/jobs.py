@@ -1,0 +1,61 @@
+"""RQ jobs. Thin: each one finds its context and calls the code that does the work."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from datetime import timedelta
+from typing import Any
+
+from redis import Redis
+from rq import get_current_job
+from sqlalchemy import select
+
+from ledger.db import utcnow
+from ledger.intake import WAKE_KEY
+from ledger.models import EventStatus, StripeEvent
+from worker import context, processing
+from worker.defaults import DRAIN_BUDGET_S, STUCK_AFTER_S
+from worker.queues import wake_shard
+
+log = logging.getLogger("subledger.worker")
+
+
+def _connection() -> Redis:
+    job = get_current_job()
+    if job is None:
+        raise RuntimeError("this function runs as an RQ job")
+    return job.connection
+
+
+def drain_shard(shard: int) -> dict[str, Any]:
+    """Process the shard's due events; hand over to a fresh job if time runs out."""
+    connection = _connection()
+    # Cleared before reading the database: an event stored from now on queues a new job.
+    connection.delete(WAKE_KEY.format(shard=shard))
+    report = processing.drain(context.database(), shard, budget_s=DRAIN_BUDGET_S)
+    if report.more_work:
+        wake_shard(connection, shard, force=True)
+    return asdict(report)
+
+
+def sweep() -> dict[str, Any]:
+    """Re-queue shards whose events wait too long: lost queue messages, due retries."""
+    now = utcnow()
+    stuck_before = now - timedelta(seconds=STUCK_AFTER_S)
+    with context.database().session() as session:
+        shards = sorted(
+            session.scalars(
+                select(StripeEvent.shard).distinct().where(
+                    StripeEvent.status == EventStatus.PENDING.value,
+                    StripeEvent.next_attempt_at <= now,
+                    (StripeEvent.received_at <= stuck_before) | (StripeEvent.attempts > 0),
+                )
+            )
+        )
+    connection = _connection()
+    for shard in shards:
+        wake_shard(connection, shard, force=True)
+    if shards:
+        log.warning("sweeper re-queued shards", extra={"shards": shards})
+    return {"requeued_shards": shards}
