@@ -12,10 +12,10 @@ latest known state.
 from __future__ import annotations
 
 import enum
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, BigInteger, Index, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Date, Index, Integer, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -152,3 +152,50 @@ class StripeObject(Base):
     deleted: Mapped[bool] = mapped_column(default=False)
     payload: Mapped[dict[str, Any]]
     observed_at: Mapped[datetime]
+
+
+class SubscriptionChange(Base):
+    """A subscription's MRR from `at` on (mrr-rules.md §5), derived from its snapshots.
+
+    Kept so the customer page and scheduled churn read a table instead of
+    re-running the rules; rebuilt with the movements.
+    """
+
+    __tablename__ = "subscription_changes"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    livemode: Mapped[bool]
+    customer_id: Mapped[str] = mapped_column(String(255), index=True)
+    subscription_id: Mapped[str] = mapped_column(String(255), index=True)
+    at: Mapped[datetime]
+    currency: Mapped[str] = mapped_column(String(3))
+    gross: Mapped[int] = mapped_column(BigInteger)
+    net: Mapped[int] = mapped_column(BigInteger)
+    scheduled_churn: Mapped[bool]
+    sources: Mapped[list[str]] = mapped_column(JsonDocument)
+
+
+class Movement(Base):
+    """One MRR movement of a customer (mrr-rules.md §6), with what caused it."""
+
+    __tablename__ = "movements"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    livemode: Mapped[bool]
+    customer_id: Mapped[str] = mapped_column(String(255))
+    currency: Mapped[str] = mapped_column(String(3))
+    day: Mapped[date] = mapped_column(Date)
+    at: Mapped[datetime]
+    type: Mapped[str] = mapped_column(String(16))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    mrr_before: Mapped[int] = mapped_column(BigInteger)
+    mrr_after: Mapped[int] = mapped_column(BigInteger)
+    sources: Mapped[list[str]] = mapped_column(JsonDocument)
+    """Event ids (`evt_…`), or `backfill:<run>` / `reconcile:<run>`."""
+    rules_version: Mapped[str] = mapped_column(String(128))
+    computed_at: Mapped[datetime]
+
+    __table_args__ = (
+        Index("ix_movements_day", "livemode", "day"),
+        Index("ix_movements_customer", "customer_id", "day"),
+    )

@@ -118,13 +118,35 @@ def cmd_replay(args: argparse.Namespace) -> int:
     with redis_connection(settings) as (connection, embedded):
         if embedded:
             # No shared queue: process the events here and now.
-            report = replay.process_now(db)
+            report = replay.process_now(db, settings)
             print(f"replayed {count} events: {report.processed} processed, {report.failed} failed")
             return 1 if report.failed else 0
         for shard in shards:
             replay.wake(connection, shard)
     print(f"re-queued {count} events on {len(shards)} shards")
     return 0
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from worker.rebuild import rebuild
+
+    settings = _settings()
+    with Progress(transient=True, disable=not sys.stderr.isatty()) as bar:
+        task = bar.add_task("recomputing customers", total=None)
+        report = rebuild(
+            Database(settings.database_url),
+            settings,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    print(
+        f"rebuilt {report.customers} customers with rules {settings.rules.version}: "
+        f"{report.movements_added} movements added, {report.movements_removed} removed"
+    )
+    for problem in report.problems:
+        print(f"  not rebuilt: {problem}")
+    return 1 if report.problems else 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -154,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--failed", action="store_true", help="only events that failed")
     replay.add_argument("--since", type=_date, help="only events created on or after DATE (YYYY-MM-DD)")
     replay.set_defaults(handler=cmd_replay)
+
+    rebuild = commands.add_parser("rebuild", help="recompute the ledger from stored data (after a rule change)")
+    rebuild.set_defaults(handler=cmd_rebuild)
 
     serve = commands.add_parser("serve", help="web, worker and clock on this machine (embedded Redis)")
     serve.add_argument("--port", type=int, default=8000)

@@ -17,6 +17,7 @@ from ledger.models import EventStatus, StripeEvent
 from worker import context, processing
 from worker.defaults import DRAIN_BUDGET_S, STUCK_AFTER_S
 from worker.queues import wake_shard
+from worker.recompute import after_apply_for
 
 log = logging.getLogger("subledger.worker")
 
@@ -33,7 +34,9 @@ def drain_shard(shard: int) -> dict[str, Any]:
     connection = _connection()
     # Cleared before reading the database: an event stored from now on queues a new job.
     connection.delete(WAKE_KEY.format(shard=shard))
-    report = processing.drain(context.database(), shard, budget_s=DRAIN_BUDGET_S)
+    report = processing.drain(
+        context.database(), shard, budget_s=DRAIN_BUDGET_S, after_apply=after_apply_for(context.settings())
+    )
     if report.more_work:
         wake_shard(connection, shard, force=True)
     return asdict(report)
@@ -46,7 +49,9 @@ def sweep() -> dict[str, Any]:
     with context.database().session() as session:
         shards = sorted(
             session.scalars(
-                select(StripeEvent.shard).distinct().where(
+                select(StripeEvent.shard)
+                .distinct()
+                .where(
                     StripeEvent.status == EventStatus.PENDING.value,
                     StripeEvent.next_attempt_at <= now,
                     (StripeEvent.received_at <= stuck_before) | (StripeEvent.attempts > 0),

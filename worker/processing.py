@@ -89,6 +89,7 @@ def process_partition(
     """Apply a partition's due events, in Stripe order, in one transaction."""
     now = now or utcnow()
     report = DrainReport()
+    started = time.perf_counter()
     with db.transaction() as session:
         if not _lock_partition(session, partition):
             report.skipped_locked += 1
@@ -99,8 +100,8 @@ def process_partition(
             .order_by(StripeEvent.created, StripeEvent.id)
         ).all()
         applied: list[Applied] = []
+        done: list[StripeEvent] = []
         for event in events:
-            started = time.perf_counter()
             event.attempts += 1
             try:
                 with session.begin_nested():
@@ -112,22 +113,38 @@ def process_partition(
             except Exception as exc:  # one bad event must not hold back the others
                 _record_failure(event, exc, now, report)
             else:
-                event.status = EventStatus.PROCESSED.value
-                event.processed_at = now
-                event.next_attempt_at = None
-                event.last_error = None
-                report.processed += 1
-                log.info(
-                    "event processed",
-                    extra={
-                        "event_id": event.id,
-                        "event_type": event.type,
-                        "partition": partition,
-                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                    },
-                )
-        if applied and after_apply is not None:
-            after_apply(session, partition, applied)
+                done.append(event)
+        if done and after_apply is not None:
+            try:
+                with session.begin_nested():
+                    after_apply(session, partition, applied)
+            except DBAPIError as exc:
+                if exc.connection_invalidated:
+                    raise
+                for event in done:
+                    _record_failure(event, exc, now, report)
+                done = []
+            except Exception as exc:
+                # The snapshots stay (they are facts); the ledger is recomputed on the retry.
+                for event in done:
+                    _record_failure(event, exc, now, report)
+                done = []
+        elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
+        for event in done:
+            event.status = EventStatus.PROCESSED.value
+            event.processed_at = now
+            event.next_attempt_at = None
+            event.last_error = None
+            report.processed += 1
+            log.info(
+                "event processed",
+                extra={
+                    "event_id": event.id,
+                    "event_type": event.type,
+                    "customer": partition,
+                    "batch_ms": elapsed_ms,
+                },
+            )
     return report
 
 

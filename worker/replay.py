@@ -13,8 +13,10 @@ from sqlalchemy import ColumnElement, func, select, update
 
 from ledger.db import Database, utcnow
 from ledger.models import EventStatus, StripeEvent
+from ledger.settings import Settings
 from worker import processing
 from worker.queues import wake_shard
+from worker.recompute import after_apply_for
 
 
 def mark_for_replay(db: Database, *, failed_only: bool, since: datetime | None) -> tuple[int, list[int]]:
@@ -47,6 +49,6 @@ def wake(connection: Redis, shard: int) -> None:
     wake_shard(connection, shard, force=True)
 
 
-def process_now(db: Database) -> processing.DrainReport:
+def process_now(db: Database, settings: Settings) -> processing.DrainReport:
     """Drain every due event in this process (local runs without a shared queue)."""
-    return processing.drain(db, None, budget_s=float("inf"))
+    return processing.drain(db, None, budget_s=float("inf"), after_apply=after_apply_for(settings))

@@ -1,0 +1,121 @@
+"""After a customer's events are applied: settle same-second ties, fetch what the
+MRR rules need and the payloads lack, and recompute the customer's ledger."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ledger.db import utcnow
+from ledger.engine import Recomputed, recompute_customer, settle_ties
+from ledger.models import Subscription
+from ledger.mrr import UnresolvedStripeObject
+from ledger.settings import Settings
+from ledger.state import Applied, record_object
+from worker.processing import AfterApply
+from worker.stripe_api import StripeAPI, StripeUnavailable
+
+log = logging.getLogger("subledger.worker")
+
+MAX_FETCHES_PER_CUSTOMER = 10
+"""Distinct missing objects fetched for one customer before giving up."""
+
+
+class MissingStripeObject(RuntimeError):
+    """A referenced object is neither stored nor fetchable; the events are retried later."""
+
+
+def _discounts_of(subscription: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    found = [d for d in subscription.get("discounts") or [] if isinstance(d, Mapping)]
+    for item in (subscription.get("items") or {}).get("data") or []:
+        found.extend(d for d in item.get("discounts") or [] if isinstance(d, Mapping))
+    if isinstance(subscription.get("discount"), Mapping):
+        found.append(subscription["discount"])
+    return found
+
+
+def _store_fetched_subscription(session: Session, api: StripeAPI, subscription: Mapping[str, Any]) -> None:
+    """Keep the discounts, coupons and tiered prices a fetched subscription carries."""
+    now = utcnow()
+    for discount in _discounts_of(subscription):
+        source: Mapping[str, Any] = discount["source"] if isinstance(discount.get("source"), Mapping) else {}
+        coupon = discount.get("coupon") or source.get("coupon")
+        if isinstance(coupon, str):
+            coupon = api.coupon(coupon)
+        if isinstance(coupon, Mapping):
+            record_object(session, coupon, observed_at=now)
+        record_object(session, discount, observed_at=now)
+    for item in (subscription.get("items") or {}).get("data") or []:
+        price = item.get("price")
+        if isinstance(price, Mapping) and price.get("tiers") is not None:
+            record_object(session, price, observed_at=now)
+
+
+def fetch_missing(session: Session, api: StripeAPI, customer_id: str, missing: UnresolvedStripeObject) -> None:
+    """Fetch the object `missing` names (or what carries it) and store it."""
+    now = utcnow()
+    if missing.missing == "tiers":
+        record_object(session, api.price(missing.object_id), observed_at=now)
+        return
+    if missing.object_id.startswith(("coupon_", "co_")) or missing.missing == "percent_off/amount_off":
+        record_object(session, api.coupon(missing.object_id), observed_at=now)
+        return
+    # Discounts have no endpoint of their own: they come expanded on their subscription.
+    for subscription_id in session.scalars(select(Subscription.id).where(Subscription.customer_id == customer_id)):
+        _store_fetched_subscription(session, api, api.subscription(subscription_id))
+
+
+def recompute(session: Session, customer_id: str, settings: Settings, api: StripeAPI | None) -> Recomputed:
+    """Recompute one customer, fetching missing objects from Stripe as needed."""
+    tried: set[str] = set()
+    while True:
+        try:
+            return recompute_customer(session, customer_id, settings.rules, now=utcnow())
+        except UnresolvedStripeObject as exc:
+            key = f"{exc.object_id}/{exc.missing}"
+            if api is None:
+                raise MissingStripeObject(f"{exc}; set STRIPE_API_KEY so subledger can fetch it") from None
+            if key in tried or len(tried) >= MAX_FETCHES_PER_CUSTOMER:
+                raise MissingStripeObject(f"{exc}; fetching it from Stripe did not help") from None
+            tried.add(key)
+            try:
+                fetch_missing(session, api, customer_id, exc)
+            except StripeUnavailable as unavailable:
+                raise MissingStripeObject(f"{exc}; {unavailable}") from None
+
+
+def after_apply_for(settings: Settings) -> AfterApply:
+    """The hook `worker.processing` calls once a partition's events are applied."""
+    api = StripeAPI(settings) if settings.stripe_api_key else None
+
+    def current_state(subscription_id: str) -> Mapping[str, Any] | None:
+        if api is None:
+            return None
+        try:
+            return api.subscription(subscription_id)
+        except StripeUnavailable as exc:
+            log.warning("could not re-fetch a tied subscription", extra={"error": str(exc)})
+            return None
+
+    def after_apply(session: Session, partition: str, applied: list[Applied]) -> None:
+        for subscription_id, observed_at in sorted(
+            {(a.subscription_id, a.observed_at) for a in applied if a.subscription_id}
+        ):
+            settle_ties(session, subscription_id, observed_at, current_state)
+        for customer_id in sorted({a.customer_id for a in applied if a.customer_id}):
+            result = recompute(session, customer_id, settings, api)
+            if result.movements_added or result.movements_removed:
+                log.info(
+                    "ledger updated",
+                    extra={
+                        "customer": customer_id,
+                        "movements_added": result.movements_added,
+                        "movements_removed": result.movements_removed,
+                    },
+                )
+
+    return after_apply

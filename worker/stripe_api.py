@@ -1,0 +1,108 @@
+"""The one way subledger talks to the Stripe API.
+
+Built on the official SDK's `StripeClient` (requests transport), honouring
+STRIPE_API_BASE. The SDK retries network errors and 5xx itself
+(`max_network_retries`) but not a 429 without Stripe-Should-Retry, and it
+ignores Retry-After; this module waits as long as Stripe asks and tries again.
+Objects come back as plain JSON dicts, exactly as Stripe sent them, so the
+MRR rules read API objects and webhook payloads alike.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import stripe
+
+from ledger.settings import Settings
+
+log = logging.getLogger("subledger.stripe")
+
+MAX_NETWORK_RETRIES = 3
+"""SDK-level retries of network errors, 409 and 5xx (with its own back-off)."""
+
+MAX_RATE_LIMIT_RETRIES = 6
+"""429 answers waited out before giving up."""
+
+DEFAULT_RATE_LIMIT_WAIT_S = 1.0
+"""Wait after a 429 that names no Retry-After (doubles each time)."""
+
+SUBSCRIPTION_EXPANSIONS = ("discounts", "items.data.discounts", "items.data.price.tiers")
+"""What the MRR rules need whole: webhooks carry these as ids, or not at all (tiers)."""
+
+
+class StripeUnavailable(RuntimeError):
+    """Stripe could not be reached or refused the request; the message says why."""
+
+
+class StripeAPI:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        throttle: Callable[[], None] | None = None,
+    ) -> None:
+        if not settings.stripe_api_key:
+            raise StripeUnavailable("STRIPE_API_KEY is not set")
+        base = {"api": settings.stripe_api_base} if settings.stripe_api_base else None
+        self.client = stripe.StripeClient(
+            settings.stripe_api_key,
+            base_addresses=base,  # type: ignore[arg-type]
+            max_network_retries=MAX_NETWORK_RETRIES,
+            http_client=stripe.RequestsClient(),
+        )
+        self._sleep = sleep
+        self._throttle = throttle
+
+    def get(self, path: str, **params: Any) -> dict[str, Any]:
+        """GET an API path; the JSON answer as a dict."""
+        wait = DEFAULT_RATE_LIMIT_WAIT_S
+        for attempt in range(MAX_RATE_LIMIT_RETRIES + 1):
+            if self._throttle is not None:
+                self._throttle()
+            try:
+                response = self.client.raw_request("get", path, **params)
+            except stripe.RateLimitError as exc:
+                if attempt == MAX_RATE_LIMIT_RETRIES:
+                    raise StripeUnavailable(f"Stripe kept answering 429 to GET {path}") from None
+                delay = _retry_after(exc.headers) or wait
+                log.warning("Stripe rate limit; waiting", extra={"path": path, "wait_s": delay})
+                self._sleep(delay)
+                wait *= 2
+                continue
+            except stripe.InvalidRequestError as exc:
+                raise StripeUnavailable(f"Stripe refused GET {path}: {exc.user_message or exc.http_status}") from None
+            except stripe.AuthenticationError:
+                raise StripeUnavailable("Stripe rejected STRIPE_API_KEY") from None
+            except stripe.StripeError as exc:
+                raise StripeUnavailable(f"Stripe error on GET {path}: {type(exc).__name__}") from None
+            document: dict[str, Any] = json.loads(response.body)
+            return document
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def subscription(self, subscription_id: str) -> dict[str, Any]:
+        """A subscription with what the MRR rules need expanded."""
+        return self.get(f"/v1/subscriptions/{subscription_id}", expand=list(SUBSCRIPTION_EXPANSIONS))
+
+    def price(self, price_id: str) -> dict[str, Any]:
+        return self.get(f"/v1/prices/{price_id}", expand=["tiers"])
+
+    def coupon(self, coupon_id: str) -> dict[str, Any]:
+        return self.get(f"/v1/coupons/{coupon_id}", expand=["applies_to"])
+
+
+def _retry_after(headers: Mapping[str, str] | None) -> float | None:
+    if not headers:
+        return None
+    for name, value in headers.items():
+        if name.lower() == "retry-after":
+            try:
+                return max(float(value), 0.0)
+            except ValueError:
+                return None
+    return None
