@@ -1,0 +1,144 @@
+"""The engine over stored state: snapshots in the database → changes and movements."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import func, select
+
+from ledger.db import Database
+from ledger.engine import recompute_customer, settle_ties
+from ledger.models import Movement, SubscriptionChange, SubscriptionSnapshot
+from ledger.ordering import TiedVersion, settle_order
+from ledger.resolve import resolve_subscription
+from ledger.settings import RuleSettings
+from ledger.state import record_object, record_subscription
+from tests.ledger.subscription_payloads import item, price, subscription, utc
+
+RULES = RuleSettings()
+NOW = utc(12, 31)
+
+
+def store(db: Database, payload: dict, observed_at, source: str) -> None:
+    with db.transaction() as session:
+        record_subscription(session, payload, observed_at=observed_at, source=source)
+
+
+def recompute(db: Database, customer: str):
+    with db.transaction() as session:
+        return recompute_customer(session, customer, RULES, now=NOW)
+
+
+def mrr_by_currency(db: Database) -> dict[str, int]:
+    with db.session() as session:
+        rows = session.execute(select(Movement.currency, func.sum(Movement.amount)).group_by(Movement.currency))
+        return {currency: int(total) for currency, total in rows}
+
+
+def test_worked_example_1_mrr_12500(db: Database) -> None:
+    monthly, yearly = price(10000), price(60000, "year", price_id="price_yearly")
+    customers = [(f"cus_m{n}", monthly) for n in range(100)] + [(f"cus_y{n}", yearly) for n in range(50)]
+    for customer, rate in customers:
+        store(
+            db, subscription(item(rate), start=utc(1, 5), customer=customer, sub_id=f"sub_{customer}"), utc(1, 5), "evt"
+        )
+        recompute(db, customer)
+    assert mrr_by_currency(db) == {"usd": 1_250_000}
+
+
+def test_worked_example_2_mrr_25000_eur(db: Database) -> None:
+    rate = price(2500, currency="eur")
+    for n in range(1000):
+        customer = f"cus_{n}"
+        payload = subscription(item(rate), start=utc(2, 1), customer=customer, sub_id=f"sub_{n}", currency="eur")
+        store(db, payload, utc(2, 1), f"evt_{n}")
+    for n in range(1000):
+        recompute(db, f"cus_{n}")
+    assert mrr_by_currency(db) == {"eur": 2_500_000}
+
+
+def test_recompute_keeps_unchanged_movements_and_their_ids(db: Database) -> None:
+    store(db, subscription(item(price(10000)), start=utc(1, 10)), utc(1, 10), "evt_1")
+    first = recompute(db, "cus_1")
+    assert (first.movements_added, first.movements_removed) == (1, 0)
+    with db.session() as session:
+        [movement_id] = session.scalars(select(Movement.id))
+    store(db, subscription(item(price(10000), quantity=2), start=utc(1, 10)), utc(3, 1), "evt_2")
+    second = recompute(db, "cus_1")
+    assert (second.movements_added, second.movements_removed) == (1, 0)
+    with db.session() as session:
+        assert movement_id in set(session.scalars(select(Movement.id)))
+        changes = session.scalar(select(func.count()).select_from(SubscriptionChange))
+        assert changes == 2
+
+
+def test_references_are_filled_from_stored_objects(db: Database) -> None:
+    coupon = {"id": "TEN", "object": "coupon", "percent_off": 10, "duration": "forever", "amount_off": None}
+    discount = {
+        "id": "di_1",
+        "object": "discount",
+        "customer": "cus_1",
+        "start": 0,
+        "end": None,
+        "source": {"type": "coupon", "coupon": "TEN"},
+    }
+    payload = subscription(item(price(10000)), start=utc(1, 10))
+    payload["discounts"] = ["di_1"]
+    with db.transaction() as session:
+        record_object(session, coupon, observed_at=utc(1, 1))
+        record_object(session, discount, observed_at=utc(1, 1))
+    store(db, payload, utc(1, 10), "evt_1")
+    result = recompute(db, "cus_1")
+    assert [(m.type, m.amount) for m in result.movements] == [("new", 9000)]
+
+
+def test_resolve_leaves_unknown_references_for_the_rules_to_name() -> None:
+    payload = subscription(item(price(10000)), start=utc(1, 10))
+    payload["discounts"] = ["di_unknown"]
+    assert resolve_subscription(payload, lambda _id: None)["discounts"] == ["di_unknown"]
+
+
+def test_same_second_ties_fall_back_to_the_current_api_state(db: Database) -> None:
+    one = subscription(item(price(10000), quantity=1), start=utc(1, 10))
+    two = subscription(item(price(10000), quantity=2), start=utc(1, 10))
+    tie = utc(2, 1)
+    store(db, one, utc(1, 10), "evt_0")
+    store(db, two, tie, "evt_b")
+    store(db, one, tie, "evt_a")  # quantity back to 1 in the same second: which came last?
+    with db.transaction() as session:
+        settle_ties(session, "sub_1", tie, lambda _id: two)
+    with db.session() as session:
+        ranks = dict(
+            session.execute(
+                select(SubscriptionSnapshot.source, SubscriptionSnapshot.rank).where(
+                    SubscriptionSnapshot.observed_at == tie
+                )
+            ).all()
+        )
+    assert ranks == {"evt_a": 0, "evt_b": 1}
+    result = recompute(db, "cus_1")
+    assert [(m.type, m.amount) for m in result.movements] == [("new", 10000), ("expansion", 10000)]
+
+
+def test_settle_order_by_previous_attributes_ignores_list_order() -> None:
+    one, two, three = ({"status": "active", "quantity": q} for q in (1, 2, 3))
+    versions = [
+        TiedVersion(three, {"quantity": 2}),
+        TiedVersion(one, None),
+        TiedVersion(two, {"quantity": 1}),
+    ]
+    assert settle_order(versions) == [1, 2, 0]
+
+
+def test_settle_order_without_evidence_uses_the_lifecycle_stage() -> None:
+    active = {"status": "active", "quantity": 1}
+    canceled = {"status": "canceled", "quantity": 1}
+    assert settle_order([TiedVersion(canceled, None), TiedVersion(active, None)]) == [1, 0]
+    assert settle_order([TiedVersion(active, None), TiedVersion(canceled, None)]) == [0, 1]
+
+
+def test_future_breakpoints_are_not_booked_before_they_happen(db: Database) -> None:
+    payload = subscription(item(price(10000)), start=utc(1, 10), trial_end=NOW + timedelta(days=3))
+    payload["status"] = "trialing"
+    store(db, payload, utc(12, 1), "evt_1")
+    assert recompute(db, "cus_1").movements == ()
