@@ -60,9 +60,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     upgrade half-way through a transaction.
     """
     if url.startswith("sqlite"):
-        engine = create_engine(
-            url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "isolation_level": None}, **kwargs
-        )
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "isolation_level": None}, **kwargs)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -123,20 +121,46 @@ class Database:
             self._engine = None
 
 
-def insert_unless_present(
-    session: Session, model: type[Any], values: dict[str, Any], *, key: list[str]
-) -> bool:
+def _insert(session: Session) -> Any:
+    return (postgresql if session.get_bind().dialect.name == "postgresql" else sqlite).insert
+
+
+def insert_unless_present(session: Session, model: type[Any], values: dict[str, Any], *, key: list[str]) -> bool:
     """Insert a row unless one with the same `key` exists; True when inserted.
 
     The database settles the race (ON CONFLICT DO NOTHING), so two processes
     inserting the same row at once still store it once.
     """
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     statement = (
-        dialect.insert(model)
+        _insert(session)(model)
         .values(values)
         .on_conflict_do_nothing(index_elements=key)
         .returning(*(model.__table__.c[column] for column in key))
     )
     # RETURNING, not rowcount: the ORM's execution path does not report rowcount.
     return session.execute(statement).first() is not None
+
+
+def insert_all_unless_present(
+    session: Session, model: type[Any], rows: list[dict[str, Any]], *, key: list[str]
+) -> None:
+    """`insert_unless_present` for many rows, as one batched statement."""
+    if rows:
+        session.execute(_insert(session)(model).on_conflict_do_nothing(index_elements=key), rows)
+
+
+def upsert_newer(session: Session, model: type[Any], rows: list[dict[str, Any]], *, key: str, version: str) -> None:
+    """Insert rows, or overwrite stored ones whose `version` column is not newer.
+
+    An older version arriving late never replaces a newer one. `rows` must
+    hold each key once.
+    """
+    if not rows:
+        return
+    statement = _insert(session)(model)
+    statement = statement.on_conflict_do_update(
+        index_elements=[key],
+        set_={column: statement.excluded[column] for column in rows[0] if column != key},
+        where=model.__table__.c[version] <= statement.excluded[version],
+    )
+    session.execute(statement, rows)

@@ -10,12 +10,12 @@ setting changed is the same operation for every customer.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from ledger.models import (
@@ -59,21 +59,23 @@ def _lookup(session: Session) -> Callable[[str], Mapping[str, Any] | None]:
     return lookup
 
 
-def customer_snapshots(session: Session, customer_id: str) -> list[Snapshot]:
-    """Every stored version of the customer's subscriptions, references filled in."""
+def customer_snapshots(session: Session, customer_ids: Sequence[str]) -> dict[str, list[Snapshot]]:
+    """Every stored version of the customers' subscriptions, references filled in."""
     lookup = _lookup(session)
-    rows = session.scalars(select(SubscriptionSnapshot).where(SubscriptionSnapshot.customer_id == customer_id)).all()
-    return [
-        Snapshot(
-            subscription_id=row.subscription_id,
-            customer_id=row.customer_id,
-            observed_at=row.observed_at,
-            rank=row.rank,
-            source=row.source,
-            subscription=resolve_subscription(row.payload, lookup),
+    snapshots: dict[str, list[Snapshot]] = {customer_id: [] for customer_id in customer_ids}
+    rows = session.scalars(select(SubscriptionSnapshot).where(SubscriptionSnapshot.customer_id.in_(customer_ids)))
+    for row in rows:
+        snapshots[row.customer_id].append(
+            Snapshot(
+                subscription_id=row.subscription_id,
+                customer_id=row.customer_id,
+                observed_at=row.observed_at,
+                rank=row.rank,
+                source=row.source,
+                subscription=resolve_subscription(row.payload, lookup),
+            )
         )
-        for row in rows
-    ]
+    return snapshots
 
 
 def settle_ties(session: Session, subscription_id: str, observed_at: datetime, current: CurrentState) -> None:
@@ -111,64 +113,103 @@ def _movement_key(movement: ComputedMovement | Movement) -> tuple[Any, ...]:
     )
 
 
-def recompute_customer(session: Session, customer_id: str, rules: RuleSettings, *, now: datetime) -> Recomputed:
-    """Recompute the customer's subscription changes and movements and store the difference.
+def recompute_customers(
+    session: Session, customer_ids: Sequence[str], rules: RuleSettings, *, now: datetime
+) -> list[Recomputed]:
+    """Recompute the customers' subscription changes and movements and store the difference.
 
-    Raises `ledger.mrr.UnresolvedStripeObject` when a snapshot names an object
-    that is not stored; nothing is written then.
+    Set-based: a few statements for the whole batch. Raises
+    `ledger.mrr.UnresolvedStripeObject` when a snapshot names an object that is
+    not stored; nothing is written then.
     """
-    customer = session.get(Customer, customer_id)
-    livemode = bool(customer.livemode) if customer is not None else False
-    snapshots = customer_snapshots(session, customer_id)
-    changes = subscription_changes(snapshots, rules, until=now)
-    computed = customer_movements(changes, rules)
-
-    session.execute(delete(SubscriptionChange).where(SubscriptionChange.customer_id == customer_id))
-    session.add_all(
-        SubscriptionChange(
-            livemode=livemode,
-            customer_id=customer_id,
-            subscription_id=change.subscription_id,
-            at=change.at,
-            currency=change.currency,
-            gross=change.gross,
-            net=change.net,
-            scheduled_churn=change.scheduled_churn,
-            sources=list(change.sources),
+    customer_ids = sorted(set(customer_ids))
+    livemodes: dict[str, bool] = {
+        customer_id: livemode
+        for customer_id, livemode in session.execute(
+            select(Customer.id, Customer.livemode).where(Customer.id.in_(customer_ids))
         )
-        for change in changes
-    )
+    }
+    snapshots = customer_snapshots(session, customer_ids)
+    changes = {
+        customer_id: subscription_changes(snapshots[customer_id], rules, until=now) for customer_id in customer_ids
+    }
+    computed = {customer_id: customer_movements(changes[customer_id], rules) for customer_id in customer_ids}
 
-    stored = session.scalars(select(Movement).where(Movement.customer_id == customer_id)).all()
-    wanted = {_movement_key(movement): movement for movement in computed}
-    kept: set[tuple[Any, ...]] = set()
-    removed = 0
-    for row in stored:
-        key = _movement_key(row)
-        if key in wanted and key not in kept and row.rules_version == rules.version:
-            kept.add(key)
-        else:
-            session.delete(row)
-            removed += 1
-    added = [movement for key, movement in wanted.items() if key not in kept]
-    session.add_all(
-        Movement(
-            livemode=livemode,
-            customer_id=customer_id,
-            currency=movement.currency,
-            day=movement.day,
-            at=movement.at,
-            type=str(movement.type),
-            amount=movement.amount,
-            mrr_before=movement.mrr_before,
-            mrr_after=movement.mrr_after,
-            sources=list(movement.sources),
-            rules_version=rules.version,
-            computed_at=now,
+    session.execute(delete(SubscriptionChange).where(SubscriptionChange.customer_id.in_(customer_ids)))
+    change_rows = [
+        {
+            "livemode": livemodes.get(customer_id, False),
+            "customer_id": customer_id,
+            "subscription_id": change.subscription_id,
+            "at": change.at,
+            "currency": change.currency,
+            "gross": change.gross,
+            "net": change.net,
+            "scheduled_churn": change.scheduled_churn,
+            "sources": list(change.sources),
+        }
+        for customer_id in customer_ids
+        for change in changes[customer_id]
+    ]
+    if change_rows:
+        session.execute(insert(SubscriptionChange), change_rows)
+
+    stored: dict[str, list[tuple[int, tuple[Any, ...], str]]] = {customer_id: [] for customer_id in customer_ids}
+    for row in session.scalars(select(Movement).where(Movement.customer_id.in_(customer_ids))):
+        stored[row.customer_id].append((row.id, _movement_key(row), row.rules_version))
+    stale: list[int] = []
+    new_rows: list[dict[str, Any]] = []
+    results: list[Recomputed] = []
+    for customer_id in customer_ids:
+        wanted = {_movement_key(movement): movement for movement in computed[customer_id]}
+        kept: set[tuple[Any, ...]] = set()
+        removed = 0
+        for movement_id, key, version in stored[customer_id]:
+            if key in wanted and key not in kept and version == rules.version:
+                kept.add(key)
+            else:
+                stale.append(movement_id)
+                removed += 1
+        added = [movement for key, movement in wanted.items() if key not in kept]
+        new_rows.extend(
+            {
+                "livemode": livemodes.get(customer_id, False),
+                "customer_id": customer_id,
+                "currency": movement.currency,
+                "day": movement.day,
+                "at": movement.at,
+                "type": str(movement.type),
+                "amount": movement.amount,
+                "mrr_before": movement.mrr_before,
+                "mrr_after": movement.mrr_after,
+                "sources": list(movement.sources),
+                "rules_version": rules.version,
+                "computed_at": now,
+            }
+            for movement in added
         )
-        for movement in added
+        results.append(Recomputed(customer_id, len(added), removed, tuple(computed[customer_id])))
+    if stale:
+        session.execute(delete(Movement).where(Movement.id.in_(stale)))
+    if new_rows:
+        session.execute(insert(Movement), new_rows)
+    return results
+
+
+def recompute_customer(session: Session, customer_id: str, rules: RuleSettings, *, now: datetime) -> Recomputed:
+    """`recompute_customers` for one customer."""
+    return recompute_customers(session, [customer_id], rules, now=now)[0]
+
+
+def tied_subscriptions(session: Session, customer_ids: Sequence[str]) -> list[tuple[str, datetime]]:
+    """(subscription, second) pairs where several event versions share one second."""
+    rows = session.execute(
+        select(SubscriptionSnapshot.subscription_id, SubscriptionSnapshot.observed_at)
+        .where(SubscriptionSnapshot.customer_id.in_(customer_ids), SubscriptionSnapshot.rank < RANK_RECONCILE)
+        .group_by(SubscriptionSnapshot.subscription_id, SubscriptionSnapshot.observed_at)
+        .having(func.count() > 1)
     )
-    return Recomputed(customer_id, len(added), removed, tuple(computed))
+    return [(subscription_id, observed_at) for subscription_id, observed_at in rows]
 
 
 def customers_with_snapshots(session: Session) -> Iterable[str]:

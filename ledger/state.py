@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from ledger.db import from_timestamp, insert_unless_present
+from ledger.db import from_timestamp, insert_all_unless_present, insert_unless_present, upsert_newer
 from ledger.intake import (
     CATALOG_EVENTS,
     CUSTOMER_EVENTS,
@@ -98,6 +98,76 @@ def record_customer(
     return customer_id
 
 
+@dataclass(frozen=True)
+class SubscriptionVersion:
+    """A subscription as observed at one time, and where that observation came from."""
+
+    subscription: Mapping[str, Any]
+    observed_at: datetime
+    source: str
+    rank: int = RANK_EVENT
+
+
+def record_subscriptions(session: Session, versions: Sequence[SubscriptionVersion]) -> list[Applied]:
+    """Store observed versions of subscriptions and keep each one's latest version current.
+
+    A handful of statements whatever the number of versions, so a worker can
+    apply a whole batch of events at once.
+    """
+    customers: dict[str, bool] = {}
+    snapshots: list[dict[str, Any]] = []
+    latest: dict[str, dict[str, Any]] = {}
+    applied: list[Applied] = []
+    for version in versions:
+        subscription = version.subscription
+        subscription_id = subscription.get("id")
+        customer_id = _customer_id(subscription)
+        status = subscription.get("status")
+        if not isinstance(subscription_id, str) or customer_id is None or not isinstance(status, str):
+            raise UnusableEvent("subscription object lacks id, customer or status")
+        livemode = bool(subscription.get("livemode"))
+        customers[customer_id] = livemode
+        snapshots.append(
+            {
+                "subscription_id": subscription_id,
+                "customer_id": customer_id,
+                "livemode": livemode,
+                "observed_at": version.observed_at,
+                "rank": version.rank,
+                "source": version.source,
+                "content_hash": content_hash(subscription),
+                "payload": dict(subscription),
+            }
+        )
+        newest = latest.get(subscription_id)
+        if newest is None or version.observed_at >= newest["observed_at"]:
+            latest[subscription_id] = {
+                "id": subscription_id,
+                "customer_id": customer_id,
+                "livemode": livemode,
+                "status": status,
+                "payload": dict(subscription),
+                "observed_at": version.observed_at,
+            }
+        applied.append(Applied(customer_id, subscription_id, version.observed_at))
+    if not applied:
+        return applied
+    insert_all_unless_present(
+        session,
+        Customer,
+        [
+            {"id": customer_id, "livemode": livemode, "deleted": False, "observed_at": NEVER_OBSERVED}
+            for customer_id, livemode in customers.items()
+        ],
+        key=["id"],
+    )
+    insert_all_unless_present(
+        session, SubscriptionSnapshot, snapshots, key=["subscription_id", "observed_at", "rank", "content_hash"]
+    )
+    upsert_newer(session, Subscription, list(latest.values()), key="id", version="observed_at")
+    return applied
+
+
 def record_subscription(
     session: Session,
     subscription: Mapping[str, Any],
@@ -106,55 +176,11 @@ def record_subscription(
     source: str,
     rank: int = RANK_EVENT,
 ) -> Applied:
-    """Store one observed version of a subscription and keep its latest version current."""
-    subscription_id = subscription.get("id")
-    customer_id = _customer_id(subscription)
-    status = subscription.get("status")
-    if not isinstance(subscription_id, str) or customer_id is None or not isinstance(status, str):
-        raise UnusableEvent("subscription object lacks id, customer or status")
-    livemode = bool(subscription.get("livemode"))
-    ensure_customer(session, customer_id, livemode=livemode)
-    insert_unless_present(
-        session,
-        SubscriptionSnapshot,
-        {
-            "subscription_id": subscription_id,
-            "customer_id": customer_id,
-            "livemode": livemode,
-            "observed_at": observed_at,
-            "rank": rank,
-            "source": source,
-            "content_hash": content_hash(subscription),
-            "payload": dict(subscription),
-        },
-        key=["subscription_id", "observed_at", "rank", "content_hash"],
-    )
-    inserted = insert_unless_present(
-        session,
-        Subscription,
-        {
-            "id": subscription_id,
-            "customer_id": customer_id,
-            "livemode": livemode,
-            "status": status,
-            "payload": dict(subscription),
-            "observed_at": observed_at,
-        },
-        key=["id"],
-    )
-    if not inserted:
-        latest = session.get(Subscription, subscription_id)
-        assert latest is not None
-        if observed_at >= latest.observed_at:
-            latest.status = status
-            latest.payload = dict(subscription)
-            latest.observed_at = observed_at
-    return Applied(customer_id=customer_id, subscription_id=subscription_id, observed_at=observed_at)
+    """Store one observed version of a subscription (see record_subscriptions)."""
+    return record_subscriptions(session, [SubscriptionVersion(subscription, observed_at, source, rank)])[0]
 
 
-def record_object(
-    session: Session, obj: Mapping[str, Any], *, observed_at: datetime, deleted: bool = False
-) -> Applied:
+def record_object(session: Session, obj: Mapping[str, Any], *, observed_at: datetime, deleted: bool = False) -> Applied:
     """Store the latest version of a price, coupon, discount, product or invoice."""
     object_id = obj.get("id")
     kind = obj.get("object")
@@ -185,6 +211,17 @@ def record_object(
     return Applied(customer_id=customer_id, subscription_id=None, observed_at=observed_at)
 
 
+def apply_events(session: Session, events: Sequence[StripeEvent]) -> list[Applied]:
+    """Apply a batch of stored events; subscription versions are written together."""
+    versions = [
+        SubscriptionVersion(event.payload["data"]["object"], event.created, event.id)
+        for event in events
+        if event.type in SUBSCRIPTION_EVENTS
+    ]
+    applied = [apply_event(session, event) for event in events if event.type not in SUBSCRIPTION_EVENTS]
+    return applied + record_subscriptions(session, versions)
+
+
 def apply_event(session: Session, event: StripeEvent) -> Applied:
     """Apply one stored event to the state tables."""
     obj = event.payload["data"]["object"]
@@ -193,9 +230,7 @@ def apply_event(session: Session, event: StripeEvent) -> Applied:
     if kind in SUBSCRIPTION_EVENTS:
         return record_subscription(session, obj, observed_at=observed_at, source=event.id)
     if kind in CUSTOMER_EVENTS:
-        customer_id = record_customer(
-            session, obj, observed_at=observed_at, deleted=kind == "customer.deleted"
-        )
+        customer_id = record_customer(session, obj, observed_at=observed_at, deleted=kind == "customer.deleted")
         return Applied(customer_id=customer_id, subscription_id=None, observed_at=observed_at)
     if kind in DISCOUNT_EVENTS | INVOICE_EVENTS | CATALOG_EVENTS:
         return record_object(session, obj, observed_at=observed_at, deleted=kind.endswith(".deleted"))

@@ -52,12 +52,29 @@ def redis_connection(settings: Settings) -> Iterator[tuple[Redis, bool]]:
             connection.ping()
         except RedisError as exc:
             raise CommandError(f"Redis at REDIS_URL does not answer ({type(exc).__name__})") from None
-        yield connection, False
+        try:
+            yield connection, False
+        finally:
+            connection.close()
         return
     from worker.embedded import embedded_redis
 
     with embedded_redis() as url:
-        yield Redis.from_url(url), True
+        connection = Redis.from_url(url)
+        try:
+            yield connection, True
+        finally:
+            connection.close()
+
+
+@contextmanager
+def _database(settings: Settings) -> Iterator[Database]:
+    """The ledger database; its connections are closed when the command is done."""
+    db = Database(settings.database_url)
+    try:
+        yield db
+    finally:
+        db.dispose()
 
 
 def _require_redis_url(settings: Settings, what: str) -> str:
@@ -73,27 +90,29 @@ def cmd_db(args: argparse.Namespace) -> int:
     from ledger import migrate
 
     settings = _settings()
-    db = Database(settings.database_url)
-    if args.action == "upgrade":
-        migrate.upgrade(db.engine, args.revision or "head")
-    elif args.action == "downgrade":
-        if not args.revision:
-            raise CommandError("db downgrade needs a revision (e.g. `base`)")
-        migrate.downgrade(db.engine, args.revision)
-    print(f"database at revision {migrate.current_revision(db.engine) or 'base'}")
+    with _database(settings) as db:
+        if args.action == "upgrade":
+            migrate.upgrade(db.engine, args.revision or "head")
+        elif args.action == "downgrade":
+            if not args.revision:
+                raise CommandError("db downgrade needs a revision (e.g. `base`)")
+            migrate.downgrade(db.engine, args.revision)
+        print(f"database at revision {migrate.current_revision(db.engine) or 'base'}")
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from rq import SimpleWorker, Worker
 
+    # Imported once here, so each forked work horse starts with the job code loaded.
+    import worker.jobs
     from worker.queues import queue
 
     settings = _settings()
     connection = Redis.from_url(_require_redis_url(settings, "worker"))
     worker_class = SimpleWorker if args.simple else Worker
-    worker = worker_class([queue(connection)], connection=connection)
-    worker.work(burst=args.burst, with_scheduler=True, logging_level="INFO")
+    rq_worker = worker_class([queue(connection)], connection=connection)
+    rq_worker.work(burst=args.burst, with_scheduler=True, logging_level="INFO")
     return 0
 
 
@@ -106,12 +125,16 @@ def cmd_clock(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from worker import replay
-
     settings = _settings()
     since = datetime.combine(args.since, datetime.min.time(), UTC) if args.since else None
-    db = Database(settings.database_url)
-    count, shards = replay.mark_for_replay(db, failed_only=args.failed, since=since)
+    with _database(settings) as db:
+        return _replay(db, settings, failed_only=args.failed, since=since)
+
+
+def _replay(db: Database, settings: Settings, *, failed_only: bool, since: datetime | None) -> int:
+    from worker import replay
+
+    count, shards = replay.mark_for_replay(db, failed_only=failed_only, since=since)
     if count == 0:
         print("nothing to replay")
         return 0
@@ -119,8 +142,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         if embedded:
             # No shared queue: process the events here and now.
             report = replay.process_now(db, settings)
-            print(f"replayed {count} events: {report.processed} processed, {report.failed} failed")
-            return 1 if report.failed else 0
+            # An event that failed again is left pending for a later retry: still a failure here.
+            failed = report.failed + report.retrying
+            print(f"replayed {count} events: {report.processed} processed, {failed} failed")
+            return 1 if failed else 0
         for shard in shards:
             replay.wake(connection, shard)
     print(f"re-queued {count} events on {len(shards)} shards")
@@ -133,10 +158,10 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     from worker.rebuild import rebuild
 
     settings = _settings()
-    with Progress(transient=True, disable=not sys.stderr.isatty()) as bar:
+    with _database(settings) as db, Progress(transient=True, disable=not sys.stderr.isatty()) as bar:
         task = bar.add_task("recomputing customers", total=None)
         report = rebuild(
-            Database(settings.database_url),
+            db,
             settings,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
@@ -188,7 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # Libraries log at WARNING: their INFO chatter (alembic's plugin set-up at import)
+    # would otherwise come before the one line a failure prints.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for name in ("subledger", "rq", "alembic.runtime.migration"):
+        logging.getLogger(name).setLevel(logging.INFO)
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:

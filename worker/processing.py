@@ -1,10 +1,14 @@
-"""Draining stored events into the ledger, one customer at a time.
+"""Draining stored events into the ledger.
 
-A drain pass claims the partitions (customers, or a catalog object) of one shard
-that have events due, and processes each partition in its own transaction
-under a lock, so one customer's changes are never processed by two workers at
-once. An event's effects and its `processed` mark commit together: a worker
-killed half-way leaves the event pending, and it is simply processed again.
+A drain pass claims a batch of partitions (customers, or a catalog object) of
+one shard that have events due, locks them for its transaction, so one
+customer's changes are never processed by two workers at once, and applies
+their events and recomputes their ledgers with a few set-based statements.
+Should anything in the batch fail, the batch is redone one partition at a
+time, one savepoint per event, so one bad event costs only itself.
+
+An event's effects and its `processed` mark commit together: a worker killed
+half-way leaves the event pending, and it is simply processed again.
 """
 
 from __future__ import annotations
@@ -15,19 +19,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from ledger.db import Database, utcnow
 from ledger.models import EventStatus, StripeEvent
-from ledger.state import Applied, apply_event
+from ledger.state import Applied, apply_event, apply_events
 from worker.defaults import MAX_ATTEMPTS, PARTITIONS_PER_PASS, RETRY_BASE_S, RETRY_MAX_S
 
 log = logging.getLogger("subledger.worker")
 
-AfterApply = Callable[[Session, str, list[Applied]], None]
-"""Called inside a partition's transaction once its due events are applied."""
+AfterApply = Callable[[Session, list[Applied]], dict[str, str]]
+"""Called in the transaction once events are applied; returns a movement summary per customer."""
 
 
 @dataclass
@@ -52,17 +56,20 @@ def retry_delay(attempts: int) -> timedelta:
     return timedelta(seconds=min(RETRY_BASE_S * 2 ** max(attempts - 1, 0), RETRY_MAX_S))
 
 
-def _lock_partition(session: Session, partition: str) -> bool:
-    """Take the partition's lock for this transaction; False if another worker holds it.
+def _lock_partitions(session: Session, partitions: list[str]) -> list[str]:
+    """Take the partitions' locks for this transaction; those another worker holds are left out.
 
-    PostgreSQL: a transaction-scoped advisory lock, released at commit or when
-    a killed worker's connection drops. SQLite: every write transaction already
+    PostgreSQL: transaction-scoped advisory locks, released at commit or when a
+    killed worker's connection drops. SQLite: every write transaction already
     holds the database's single write lock (BEGIN IMMEDIATE).
     """
     if session.get_bind().dialect.name != "postgresql":
-        return True
-    key = func.hashtextextended(partition, 0)
-    return bool(session.scalar(select(func.pg_try_advisory_xact_lock(key))))
+        return partitions
+    locked = []
+    for partition in partitions:
+        if session.scalar(select(func.pg_try_advisory_xact_lock(func.hashtextextended(partition, 0)))):
+            locked.append(partition)
+    return locked
 
 
 def _due(now: datetime) -> list[object]:
@@ -91,7 +98,7 @@ def process_partition(
     report = DrainReport()
     started = time.perf_counter()
     with db.transaction() as session:
-        if not _lock_partition(session, partition):
+        if not _lock_partitions(session, [partition]):
             report.skipped_locked += 1
             return report
         events = session.scalars(
@@ -114,10 +121,11 @@ def process_partition(
                 _record_failure(event, exc, now, report)
             else:
                 done.append(event)
+        summaries: dict[str, str] = {}
         if done and after_apply is not None:
             try:
                 with session.begin_nested():
-                    after_apply(session, partition, applied)
+                    summaries = after_apply(session, applied)
             except DBAPIError as exc:
                 if exc.connection_invalidated:
                     raise
@@ -129,22 +137,80 @@ def process_partition(
                 for event in done:
                     _record_failure(event, exc, now, report)
                 done = []
-        elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
         for event in done:
             event.status = EventStatus.PROCESSED.value
             event.processed_at = now
             event.next_attempt_at = None
             event.last_error = None
-            report.processed += 1
-            log.info(
-                "event processed",
-                extra={
-                    "event_id": event.id,
-                    "event_type": event.type,
-                    "customer": partition,
-                    "batch_ms": elapsed_ms,
-                },
+        report.processed += len(done)
+        _log_processed(done, summaries, started)
+    return report
+
+
+def _log_processed(events: list[StripeEvent], summaries: dict[str, str], started: float) -> None:
+    """One structured line per event processed."""
+    elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
+    for event in events:
+        log.info(
+            "event processed",
+            extra={
+                "event_id": event.id,
+                "event_type": event.type,
+                "customer": event.partition,
+                "movements": summaries.get(event.partition, "no change"),
+                "batch_ms": elapsed_ms,
+            },
+        )
+
+
+def process_batch(
+    db: Database, partitions: list[str], *, now: datetime, after_apply: AfterApply | None = None
+) -> DrainReport:
+    """Apply the partitions' due events and recompute their ledgers in one transaction.
+
+    Falls back to `process_partition` for each partition when anything fails,
+    so errors land on the events that caused them.
+    """
+    report = DrainReport()
+    started = time.perf_counter()
+    with db.transaction() as session:
+        locked = _lock_partitions(session, partitions)
+        report.skipped_locked = len(partitions) - len(locked)
+        events = list(
+            session.scalars(
+                select(StripeEvent)
+                .where(StripeEvent.partition.in_(locked), *_due(now))  # type: ignore[arg-type]
+                .order_by(StripeEvent.created, StripeEvent.id)
             )
+        )
+        if not events:
+            return report
+        try:
+            with session.begin_nested():
+                applied = apply_events(session, events)
+                summaries = after_apply(session, applied) if after_apply is not None else {}
+                session.execute(
+                    update(StripeEvent)
+                    .where(StripeEvent.id.in_([event.id for event in events]))
+                    .values(
+                        status=EventStatus.PROCESSED.value,
+                        processed_at=now,
+                        next_attempt_at=None,
+                        last_error=None,
+                        attempts=StripeEvent.attempts + 1,
+                    )
+                    .execution_options(synchronize_session=False)
+                )
+            report.processed += len(events)
+            _log_processed(events, summaries, started)
+            return report
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise
+        except Exception:
+            pass
+    for partition in locked:
+        report.add(process_partition(db, partition, now=now, after_apply=after_apply))
     return report
 
 
@@ -180,14 +246,11 @@ def drain(
             partitions = due_partitions(session, shard, now=now, limit=PARTITIONS_PER_PASS)
         if not partitions:
             return report
-        progressed = False
-        for partition in partitions:
-            result = process_partition(db, partition, now=now, after_apply=after_apply)
-            progressed = progressed or result.skipped_locked == 0
-            report.add(result)
-            if time.monotonic() > deadline:
-                report.more_work = True
-                return report
-        if not progressed:
+        result = process_batch(db, partitions, now=now, after_apply=after_apply)
+        report.add(result)
+        if result.skipped_locked == len(partitions):
             # Every partition is being worked on elsewhere; those workers finish them.
+            return report
+        if time.monotonic() > deadline:
+            report.more_work = True
             return report

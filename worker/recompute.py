@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ledger.db import utcnow
-from ledger.engine import Recomputed, recompute_customer, settle_ties
+from ledger.engine import Recomputed, recompute_customer, recompute_customers, settle_ties, tied_subscriptions
 from ledger.models import Subscription
 from ledger.mrr import UnresolvedStripeObject
 from ledger.settings import Settings
@@ -88,8 +88,15 @@ def recompute(session: Session, customer_id: str, settings: Settings, api: Strip
                 raise MissingStripeObject(f"{exc}; {unavailable}") from None
 
 
+def _summary(result: Recomputed) -> str:
+    kinds = ", ".join(f"{m.type} {m.amount:+d} {m.currency}" for m in result.movements[-result.movements_added :])
+    if not result.movements_added and not result.movements_removed:
+        return "no change"
+    return f"+{result.movements_added}/-{result.movements_removed} movements" + (f" (latest: {kinds})" if kinds else "")
+
+
 def after_apply_for(settings: Settings) -> AfterApply:
-    """The hook `worker.processing` calls once a partition's events are applied."""
+    """The hook `worker.processing` calls once a batch of events is applied."""
     api = StripeAPI(settings) if settings.stripe_api_key else None
 
     def current_state(subscription_id: str) -> Mapping[str, Any] | None:
@@ -101,21 +108,17 @@ def after_apply_for(settings: Settings) -> AfterApply:
             log.warning("could not re-fetch a tied subscription", extra={"error": str(exc)})
             return None
 
-    def after_apply(session: Session, partition: str, applied: list[Applied]) -> None:
-        for subscription_id, observed_at in sorted(
-            {(a.subscription_id, a.observed_at) for a in applied if a.subscription_id}
-        ):
-            settle_ties(session, subscription_id, observed_at, current_state)
-        for customer_id in sorted({a.customer_id for a in applied if a.customer_id}):
-            result = recompute(session, customer_id, settings, api)
-            if result.movements_added or result.movements_removed:
-                log.info(
-                    "ledger updated",
-                    extra={
-                        "customer": customer_id,
-                        "movements_added": result.movements_added,
-                        "movements_removed": result.movements_removed,
-                    },
-                )
+    def after_apply(session: Session, applied: list[Applied]) -> dict[str, str]:
+        customers = sorted({a.customer_id for a in applied if a.customer_id})
+        touched = {(a.subscription_id, a.observed_at) for a in applied if a.subscription_id}
+        for subscription_id, observed_at in tied_subscriptions(session, customers):
+            if (subscription_id, observed_at) in touched:
+                settle_ties(session, subscription_id, observed_at, current_state)
+        try:
+            results = recompute_customers(session, customers, settings.rules, now=utcnow())
+        except UnresolvedStripeObject:
+            # Someone's subscription names an object not stored yet: go one by one, fetching.
+            results = [recompute(session, customer_id, settings, api) for customer_id in customers]
+        return {result.customer_id: _summary(result) for result in results}
 
     return after_apply
