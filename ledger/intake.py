@@ -136,9 +136,7 @@ def shard_of(partition: str) -> int:
     return zlib.crc32(partition.encode()) % SHARD_COUNT
 
 
-def store_event(
-    session: Session, event: Mapping[str, Any], *, received_via: str, now: datetime
-) -> StoreResult:
+def store_event(session: Session, event: Mapping[str, Any], *, received_via: str, now: datetime) -> StoreResult:
     """Insert the event unless its id is already stored. The caller commits.
 
     The insert ignores a conflicting id in the database itself, so two

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from croniter import croniter
+
 RULES_REVISION = "1"
 """Bumped whenever the MRR rules code changes what it computes."""
 
@@ -130,7 +132,8 @@ def _days(env: Mapping[str, str], name: str) -> int | None:
     value = _text(env, name)
     if value is None:
         return None
-    if not value.isdigit():
+    # isascii: str.isdigit also accepts digits int() rejects, such as "²".
+    if not (value.isascii() and value.isdigit()):
         raise ConfigError(f"{name} must be a whole number of days (got {value!r})")
     return int(value)
 
@@ -196,7 +199,8 @@ def _fx_file(env: Mapping[str, str]) -> Path | None:
 def _cron(env: Mapping[str, str]) -> str:
     value = _text(env, "RECONCILE_CRON") or DEFAULT_RECONCILE_CRON
     fields = value.split()
-    if len(fields) != 5 or not all(_CRON_FIELD.match(f) for f in fields):
+    # croniter is what schedules it: a field out of range ("99") is caught now, not at 03:00.
+    if len(fields) != 5 or not all(_CRON_FIELD.match(f) for f in fields) or not croniter.is_valid(value):
         raise ConfigError(f"RECONCILE_CRON must be a 5-field cron expression (got {value!r})")
     return value
 

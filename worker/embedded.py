@@ -63,12 +63,13 @@ def embedded_redis() -> Iterator[str]:
         "--dir", workdir.name,
         "--loglevel", "warning",
     ]  # fmt: skip
-    process = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=die_with_parent
-    )
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=die_with_parent)
     url = f"redis://127.0.0.1:{port}/0"
     try:
         _wait_until_ready(process, url)
+        # The server writes nothing there (no RDB, no AOF): removing its directory now
+        # means a command killed outright leaves no temporary directory behind either.
+        workdir.cleanup()
         yield url
     finally:
         process.terminate()

@@ -90,9 +90,7 @@ def upgrade() -> None:
         ),
     )
     with op.batch_alter_table("subscription_snapshots", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_subscription_snapshots_customer_id"), ["customer_id"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_subscription_snapshots_customer_id"), ["customer_id"], unique=False)
         batch_op.create_index(
             "ix_subscription_snapshots_subscription", ["subscription_id", "observed_at"], unique=False
         )

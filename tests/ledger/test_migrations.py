@@ -1,0 +1,111 @@
+"""Migrations up and down on SQLite and PostgreSQL, and the models matching them.
+
+Each test gets a database of its own: a SQLite file, or (when DATABASE_URL
+points at PostgreSQL) a database created on that server for the test and
+dropped after it.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, create_engine, inspect, text
+from sqlalchemy.engine import make_url
+
+from ledger import migrate
+from ledger.db import make_engine
+from ledger.models import Base
+from ledger.settings import load_settings
+
+MODEL_TABLES = set(Base.metadata.tables)
+
+
+def _postgresql_url() -> str | None:
+    configured = os.environ.get("DATABASE_URL")
+    if not configured:
+        return None
+    url = load_settings({"DATABASE_URL": configured}).database_url
+    return url if url.startswith("postgresql") else None
+
+
+@pytest.fixture
+def own_sqlite(tmp_path: Path) -> Iterator[Engine]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'migrations.db'}")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def own_postgresql() -> Iterator[Engine]:
+    server_url = _postgresql_url()
+    if server_url is None:
+        pytest.skip("DATABASE_URL does not point at PostgreSQL")
+    name = f"subledger_migrations_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    engine = make_engine(make_url(server_url).set(database=name).render_as_string(hide_password=False))
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest) -> Engine:
+    """An empty database of its own on each backend."""
+    found: Engine = request.getfixturevalue(f"own_{request.param}")
+    return found
+
+
+def tables(engine: Engine) -> set[str]:
+    return set(inspect(engine).get_table_names())
+
+
+def test_fresh_database_has_no_revision(engine: Engine) -> None:
+    assert migrate.current_revision(engine) is None
+    assert tables(engine) == set()
+
+
+def test_upgrade_to_head_creates_every_model_table(engine: Engine) -> None:
+    migrate.upgrade(engine)
+    assert tables(engine) == MODEL_TABLES | {"alembic_version"}
+    assert migrate.current_revision(engine) == migrate.head_revision() is not None
+
+
+def test_upgrade_twice_changes_nothing(engine: Engine) -> None:
+    migrate.upgrade(engine)
+    migrate.upgrade(engine)
+    assert tables(engine) == MODEL_TABLES | {"alembic_version"}
+    assert migrate.current_revision(engine) == migrate.head_revision()
+
+
+def test_downgrade_to_base_removes_every_table_but_alembic_version(engine: Engine) -> None:
+    migrate.upgrade(engine)
+    migrate.downgrade(engine, "base")
+    assert tables(engine) == {"alembic_version"}
+    assert migrate.current_revision(engine) is None
+
+
+def test_upgrade_after_downgrade_rebuilds_the_schema(engine: Engine) -> None:
+    migrate.upgrade(engine)
+    migrate.downgrade(engine, "base")
+    migrate.upgrade(engine)
+    assert tables(engine) == MODEL_TABLES | {"alembic_version"}
+    assert migrate.current_revision(engine) == migrate.head_revision()
+
+
+def test_models_match_the_migrations(engine: Engine) -> None:
+    migrate.upgrade(engine)
+    with engine.connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    assert differences == []
