@@ -111,10 +111,10 @@ class Subscription(Base):
 class SubscriptionSnapshot(Base):
     """One observed version of a subscription, with where it came from.
 
-    `rank` settles two versions observed in the same second: 0 for an event's
-    payload, 1 for a version re-read from the API (authoritative), 2 for a
-    reconciliation's correcting state. The same content seen twice is stored
-    once.
+    `rank` orders versions observed in the same second: event versions are
+    ranked 0, 1, 2, … as ledger.ordering settles them, a reconciliation's
+    correcting version ranks above them all. The same content seen twice is
+    stored once.
     """
 
     __tablename__ = "subscription_snapshots"
@@ -126,7 +126,7 @@ class SubscriptionSnapshot(Base):
     observed_at: Mapped[datetime]
     rank: Mapped[int] = mapped_column(Integer, default=0)
     source: Mapped[str] = mapped_column(String(255))
-    """`evt_…`, `backfill:<run>`, `reconcile:<run>` or `refetch:<event>`."""
+    """`evt_…`, `backfill:<run>` or `reconcile:<run>`."""
     content_hash: Mapped[str] = mapped_column(String(64))
     payload: Mapped[dict[str, Any]]
 

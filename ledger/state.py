@@ -29,11 +29,11 @@ from ledger.intake import (
 from ledger.models import Customer, StripeEvent, StripeObject, Subscription, SubscriptionSnapshot
 
 RANK_EVENT = 0
-"""Snapshot rank of a version carried by a webhook or catch-up event."""
-RANK_REFETCH = 1
-"""Snapshot rank of a version re-read from the API to settle a same-second tie."""
-RANK_RECONCILE = 2
-"""Snapshot rank of a reconciliation's correcting version."""
+"""Snapshot rank of a version carried by an event. Versions of one subscription
+stamped with the same second are re-ranked 0, 1, 2, … in the order
+ledger.ordering settles."""
+RANK_RECONCILE = 1000
+"""Snapshot rank of a reconciliation's correcting version: inside its second it comes last."""
 
 
 class UnusableEvent(ValueError):

@@ -60,7 +60,7 @@ class Snapshot:
     observed_at: datetime
     """UTC, aware: the Stripe event's `created`, or when the API read was made."""
     rank: int
-    """Tie-break inside one second: 0 webhook/event, 1 re-fetched (authoritative), 2 reconciliation."""
+    """Order inside one second, lowest first: events as ledger.ordering settled them, then reconciliation."""
     source: str
     """What stored it: `evt_…`, `backfill:<run>`, `reconcile:<run>`…"""
     subscription: Mapping[str, Any]
@@ -276,7 +276,8 @@ def _content_key(snapshot: Snapshot) -> str:
 def _versions(snapshots: Iterable[Snapshot]) -> list[_Version]:
     """Snapshots in their §5 order, identical ones merged; never in arrival order.
 
-    Inside one second the rank decides (a re-fetch outranks the events), then
+    Inside one second the rank decides (set by the worker from the objects' own
+    evidence, see ledger.ordering; reconciliation last), then
     the life-cycle order of the status, then the content digest, which is
     arbitrary but the same on every run.
     """

@@ -7,6 +7,7 @@ exit status, never a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -104,8 +105,8 @@ def cmd_db(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from rq import SimpleWorker, Worker
 
-    # Imported once here, so each forked work horse starts with the job code loaded.
-    import worker.jobs
+    # Loaded once here, so each forked work horse starts with the job code imported.
+    importlib.import_module("worker.jobs")
     from worker.queues import queue
 
     settings = _settings()

@@ -12,12 +12,13 @@ from rq.cron import CronScheduler
 from ledger.intake import QUEUE_NAME
 from ledger.settings import Settings
 from worker import jobs
-from worker.defaults import SWEEP_INTERVAL_S
+from worker.defaults import ROLL_FORWARD_CRON, SWEEP_INTERVAL_S
 
 
 def build_scheduler(connection: Redis, settings: Settings) -> CronScheduler:
     scheduler = CronScheduler(connection=connection, name="subledger-clock")
     scheduler.register(jobs.sweep, QUEUE_NAME, interval=SWEEP_INTERVAL_S, result_ttl=600)
+    scheduler.register(jobs.roll_forward, QUEUE_NAME, cron=ROLL_FORWARD_CRON, job_timeout=3600, result_ttl=86400)
     return scheduler
 
 

@@ -22,3 +22,6 @@ PARTITIONS_PER_PASS = 200
 
 DRAIN_BUDGET_S = 120
 """A drain job hands over to a fresh job after this long, so no job runs unbounded."""
+
+ROLL_FORWARD_CRON = "10 0 * * *"
+"""Daily, just after midnight UTC: book the movements time alone causes (grace periods, discount ends)."""

@@ -64,3 +64,11 @@ def sweep() -> dict[str, Any]:
     if shards:
         log.warning("sweeper re-queued shards", extra={"shards": shards})
     return {"requeued_shards": shards}
+
+
+def roll_forward() -> dict[str, Any]:
+    """Daily: recompute every customer, booking what time alone changed (see worker.rebuild)."""
+    from worker.rebuild import rebuild
+
+    report = rebuild(context.database(), context.settings())
+    return asdict(report)

@@ -1,7 +1,9 @@
 """`subledger rebuild`: recompute every customer's ledger from stored state.
 
 Run it after a rule setting changed: no Stripe import is needed, and running it
-twice changes nothing the second time.
+twice changes nothing the second time. The clock also runs it daily, so changes
+that happen with the passing of time alone (a past-due grace period running
+out, a repeating discount ending) are booked on their day.
 """
 
 from __future__ import annotations
@@ -9,11 +11,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ledger.db import Database
-from ledger.engine import customers_with_snapshots
+from ledger.db import Database, utcnow
+from ledger.engine import Recomputed, customers_with_snapshots, recompute_customers
+from ledger.mrr import UnresolvedStripeObject
 from ledger.settings import Settings
 from worker.recompute import MissingStripeObject, recompute
 from worker.stripe_api import StripeAPI
+
+BATCH = 200
+"""Customers recomputed per transaction."""
 
 
 @dataclass
@@ -23,22 +29,32 @@ class RebuildReport:
     movements_removed: int = 0
     problems: list[str] = field(default_factory=list)
 
+    def add(self, result: Recomputed) -> None:
+        self.movements_added += result.movements_added
+        self.movements_removed += result.movements_removed
+
 
 def rebuild(db: Database, settings: Settings, *, progress: Callable[[int, int], None] | None = None) -> RebuildReport:
-    """Recompute each customer in its own transaction; report what changed."""
+    """Recompute every customer, a batch per transaction; report what changed."""
     api = StripeAPI(settings) if settings.stripe_api_key else None
     with db.session() as session:
         customers = list(customers_with_snapshots(session))
     report = RebuildReport()
-    for done, customer_id in enumerate(customers, start=1):
+    for start in range(0, len(customers), BATCH):
+        batch = customers[start : start + BATCH]
         try:
             with db.transaction() as session:
-                result = recompute(session, customer_id, settings, api)
-            report.movements_added += result.movements_added
-            report.movements_removed += result.movements_removed
-        except MissingStripeObject as exc:
-            report.problems.append(f"{customer_id}: {exc}")
-        report.customers += 1
+                for result in recompute_customers(session, batch, settings.rules, now=utcnow()):
+                    report.add(result)
+        except UnresolvedStripeObject:
+            # Some subscription names an object not stored yet: one by one, fetching it.
+            for customer_id in batch:
+                try:
+                    with db.transaction() as session:
+                        report.add(recompute(session, customer_id, settings, api))
+                except MissingStripeObject as exc:
+                    report.problems.append(f"{customer_id}: {exc}")
+        report.customers += len(batch)
         if progress is not None:
-            progress(done, len(customers))
+            progress(report.customers, len(customers))
     return report

@@ -1,0 +1,27 @@
+# One way to run everything: the README and .ci/run call these targets.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test lint typecheck unit
+
+$(BIN)/subledger: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
+	touch $(BIN)/subledger
+
+run: $(BIN)/subledger
+	$(BIN)/subledger serve
+
+lint: $(BIN)/subledger
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(BIN)/subledger
+	$(BIN)/mypy
+
+unit: $(BIN)/subledger
+	$(BIN)/python -m pytest
+
+test: lint typecheck unit

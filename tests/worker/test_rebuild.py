@@ -1,0 +1,47 @@
+"""`subledger rebuild` and the daily roll-forward that books what time alone changes."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from ledger.db import Database, utcnow
+from ledger.engine import recompute_customers
+from ledger.models import Movement
+from ledger.settings import RuleSettings, Settings
+from ledger.state import record_subscription
+from tests.ledger.subscription_payloads import item, price, repeating_discount, subscription
+from worker.rebuild import rebuild
+
+
+def booked(db: Database) -> list[tuple[str, int]]:
+    with db.session() as session:
+        return [(m.type, m.amount) for m in session.scalars(select(Movement).order_by(Movement.day))]
+
+
+def test_roll_forward_books_a_discount_end_that_no_event_announced(db: Database, settings: Settings) -> None:
+    now = utcnow()
+    start, end = now - timedelta(days=90), now - timedelta(days=1)
+    payload = subscription(item(price(10000)), start=start)
+    payload["discounts"] = [repeating_discount(10, start, end)]
+    with db.transaction() as session:
+        record_subscription(session, payload, observed_at=start, source="evt_1")
+        # Computed two days ago: the discount was still running.
+        recompute_customers(session, ["cus_1"], settings.rules, now=now - timedelta(days=2))
+    assert booked(db) == [("new", 9000)]
+    report = rebuild(db, settings)
+    assert (report.customers, report.movements_added, report.problems) == (1, 1, [])
+    assert booked(db) == [("new", 9000), ("expansion", 1000)]
+
+
+def test_roll_forward_churns_past_due_after_the_grace_period(db: Database, settings: Settings) -> None:
+    now = utcnow()
+    start = now - timedelta(days=60)
+    with db.transaction() as session:
+        record_subscription(session, subscription(item(price(5000)), start=start), observed_at=start, source="evt_a")
+        late = subscription(item(price(5000)), start=start, status="past_due")
+        record_subscription(session, late, observed_at=now - timedelta(days=5), source="evt_b")
+    graced = Settings(database_url=settings.database_url, rules=RuleSettings(past_due_grace_days=3))
+    rebuild(db, graced)
+    assert booked(db) == [("new", 5000), ("churn", -5000)]
