@@ -23,9 +23,7 @@ class Services:
 
 def init_app(app: Flask, settings: Settings) -> None:
     redis = (
-        Redis.from_url(
-            settings.redis_url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
-        )
+        Redis.from_url(settings.redis_url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S)
         if settings.redis_url
         else None
     )

@@ -87,9 +87,7 @@ def receive_stripe_event() -> ResponseReturnValue:
         payload = raw.decode("utf-8")
     except UnicodeDecodeError:
         return _rejected("body is not UTF-8")
-    problem = _signature_problem(
-        payload, request.headers.get("Stripe-Signature"), found.settings.webhook_secrets
-    )
+    problem = _signature_problem(payload, request.headers.get("Stripe-Signature"), found.settings.webhook_secrets)
     if problem:
         return _rejected(problem)
     try:

@@ -54,9 +54,7 @@ def _resources() -> dict[str, Any]:
 
 @cache
 def _legacy_event() -> dict[str, Any]:
-    event: dict[str, Any] = json.loads(
-        (FIXTURES / "events-api-2020" / "subscription_created.json").read_text()
-    )
+    event: dict[str, Any] = json.loads((FIXTURES / "events-api-2020" / "subscription_created.json").read_text())
     return event
 
 
@@ -84,9 +82,7 @@ def price(
     return result
 
 
-def item(
-    rate: dict[str, Any], quantity: int | None = 1, *, item_id: str = "si_1", **fields: Any
-) -> dict[str, Any]:
+def item(rate: dict[str, Any], quantity: int | None = 1, *, item_id: str = "si_1", **fields: Any) -> dict[str, Any]:
     """A current-API subscription item (fixtures3 `subscription_item`), keeping its placeholder `plan`."""
     result: dict[str, Any] = copy.deepcopy(_resources()["subscription_item"])
     result.update(id=item_id, price=rate, quantity=quantity, discounts=[])
@@ -217,9 +213,7 @@ def test_round_half_up(amount: Fraction, expected: int) -> None:
 
 
 def test_subscription_rounds_once_not_per_item() -> None:
-    payload = subscription(
-        *(item(price(1000, "year", price_id=f"price_{n}"), item_id=f"si_{n}") for n in range(3))
-    )
+    payload = subscription(*(item(price(1000, "year", price_id=f"price_{n}"), item_id=f"si_{n}") for n in range(3)))
 
     value = subscription_mrr(payload, AT, IGNORE)
 
@@ -240,9 +234,7 @@ VOLUME_TIERS: list[dict[str, Any]] = [
     {"up_to": 10, "unit_amount": 650, "unit_amount_decimal": "650", "flat_amount": None},
     {"up_to": None, "unit_amount": 600, "unit_amount_decimal": "600", "flat_amount": None},
 ]
-INF_TIERS: list[dict[str, Any]] = [
-    dict(tier, up_to="inf") if tier["up_to"] is None else tier for tier in VOLUME_TIERS
-]
+INF_TIERS: list[dict[str, Any]] = [dict(tier, up_to="inf") if tier["up_to"] is None else tier for tier in VOLUME_TIERS]
 FLAT_TIERS: list[dict[str, Any]] = [
     {"up_to": 10, "flat_amount": 5000, "flat_amount_decimal": "5000", "unit_amount": 0},
     {"up_to": None, "flat_amount": None, "flat_amount_decimal": "250.5", "unit_amount_decimal": "300"},
@@ -284,9 +276,7 @@ def tiered(mode: str, tiers: list[dict[str, Any]] | None) -> dict[str, Any]:
         ),
         pytest.param(tiered("volume", VOLUME_TIERS), 5, Fraction(3500), id="§2 volume: 5 × $7"),
         pytest.param(tiered("volume", VOLUME_TIERS), 6, Fraction(3900), id="§2 volume: 6 × $6.50"),
-        pytest.param(
-            tiered("volume", VOLUME_TIERS), 20, Fraction(12000), id="§2 volume: up_to null, 20 × $6"
-        ),
+        pytest.param(tiered("volume", VOLUME_TIERS), 20, Fraction(12000), id="§2 volume: up_to null, 20 × $6"),
         pytest.param(tiered("volume", INF_TIERS), 20, Fraction(12000), id="§2 volume: up_to inf, 20 × $6"),
         pytest.param(
             tiered("volume", FLAT_TIERS),
@@ -301,9 +291,7 @@ def tiered(mode: str, tiers: list[dict[str, Any]] | None) -> dict[str, Any]:
             id="§2 volume: quantity 0 pays tier 1's flat_amount",
         ),
         pytest.param(tiered("graduated", VOLUME_TIERS), 5, Fraction(3500), id="§2 graduated: 5 in tier 1"),
-        pytest.param(
-            tiered("graduated", VOLUME_TIERS), 6, Fraction(4150), id="§2 graduated: 5 × $7 + 1 × $6.50"
-        ),
+        pytest.param(tiered("graduated", VOLUME_TIERS), 6, Fraction(4150), id="§2 graduated: 5 × $7 + 1 × $6.50"),
         pytest.param(
             tiered("graduated", INF_TIERS),
             20,
@@ -388,9 +376,7 @@ def test_per_unit_amount_scales_with_quantity(unit: int, quantity: int, factor: 
     ],
 )
 def test_only_recurring_licensed_items_count(rate: dict[str, Any], counted: bool) -> None:
-    payload = subscription(
-        item(price(2000, price_id="price_seat"), item_id="si_seat"), item(rate, item_id="si_other")
-    )
+    payload = subscription(item(price(2000, price_id="price_seat"), item_id="si_seat"), item(rate, item_id="si_other"))
 
     value = subscription_mrr(payload, AT, IGNORE)
 
@@ -523,17 +509,11 @@ def test_monthly_amount_rejects_bad_intervals(interval: str, count: int) -> None
             datetime(2025, 2, 28, tzinfo=UTC),
             id="29 Feb + 1 year",
         ),
-        pytest.param(
-            datetime(2024, 1, 1, tzinfo=UTC), "week", 2, datetime(2024, 1, 15, tzinfo=UTC), id="2 weeks"
-        ),
-        pytest.param(
-            datetime(2024, 2, 28, tzinfo=UTC), "day", 2, datetime(2024, 3, 1, tzinfo=UTC), id="2 days"
-        ),
+        pytest.param(datetime(2024, 1, 1, tzinfo=UTC), "week", 2, datetime(2024, 1, 15, tzinfo=UTC), id="2 weeks"),
+        pytest.param(datetime(2024, 2, 28, tzinfo=UTC), "day", 2, datetime(2024, 3, 1, tzinfo=UTC), id="2 days"),
     ],
 )
-def test_add_interval_follows_the_calendar(
-    start: datetime, interval: str, count: int, expected: datetime
-) -> None:
+def test_add_interval_follows_the_calendar(start: datetime, interval: str, count: int, expected: datetime) -> None:
     assert add_interval(start, interval, count) == expected
 
 
@@ -646,12 +626,8 @@ def test_repeating_discount_without_end_ends_after_its_months() -> None:
 @pytest.mark.parametrize(
     ("rules", "at", "expected"),
     [
-        pytest.param(
-            IGNORE, AT, 10000, id="example 7: 20% once on $1,200/year -> $100 (DISCOUNTS_ONCE=ignore)"
-        ),
-        pytest.param(
-            SUBTRACT, AT, 8000, id="example 7: -> $80 with DISCOUNTS_ONCE=subtract in its first period"
-        ),
+        pytest.param(IGNORE, AT, 10000, id="example 7: 20% once on $1,200/year -> $100 (DISCOUNTS_ONCE=ignore)"),
+        pytest.param(SUBTRACT, AT, 8000, id="example 7: -> $80 with DISCOUNTS_ONCE=subtract in its first period"),
         pytest.param(
             SUBTRACT,
             datetime(2025, 1, 31, 12, 0, tzinfo=UTC),
@@ -744,9 +720,7 @@ def test_item_discount_applies_to_its_item_only() -> None:
         pytest.param(coupon(None, 800), coupon(None, 800), 0, id="§4 stacked: never below 0"),
     ],
 )
-def test_stacked_discounts_apply_in_order(
-    first: dict[str, Any], second: dict[str, Any], expected: int
-) -> None:
+def test_stacked_discounts_apply_in_order(first: dict[str, Any], second: dict[str, Any], expected: int) -> None:
     payload = subscription(
         item(price(1000)),
         discounts=[discount(first, discount_id="di_1"), discount(second, discount_id="di_2")],
@@ -791,9 +765,7 @@ def test_subscription_amount_off_on_mixed_intervals_uses_the_shortest() -> None:
 @pytest.mark.parametrize(
     ("held", "expected"),
     [
-        pytest.param(
-            coupon(None, 300, currency="eur"), 1000, id="§4 amount_off in another currency: ignored"
-        ),
+        pytest.param(coupon(None, 300, currency="eur"), 1000, id="§4 amount_off in another currency: ignored"),
         pytest.param(
             coupon(None, 300, currency="eur", currency_options={"usd": {"amount_off": 200}}),
             800,

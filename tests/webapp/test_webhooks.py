@@ -112,9 +112,7 @@ def test_stripe_rotation_header_with_two_signatures_is_accepted(client: FlaskCli
     [
         pytest.param(b"{not json", "not a Stripe event: body is not JSON", id="malformed JSON"),
         pytest.param(b"[1, 2]", "not a Stripe event: body is not a JSON object", id="JSON array"),
-        pytest.param(
-            b'{"object": "charge"}', 'not a Stripe event: "object" is not "event"', id="not an event"
-        ),
+        pytest.param(b'{"object": "charge"}', 'not a Stripe event: "object" is not "event"', id="not an event"),
         pytest.param(
             b'{"object": "event", "id": "evt_1", "type": "x", "created": 1, "livemode": false}',
             'not a Stripe event: "data.object" is missing',
@@ -128,9 +126,7 @@ def test_stripe_rotation_header_with_two_signatures_is_accepted(client: FlaskCli
         pytest.param("\u00ff".encode("latin-1"), "body is not UTF-8", id="not UTF-8"),
     ],
 )
-def test_signed_garbage_is_a_400_not_a_500(
-    client: FlaskClient, db: Database, body: bytes, reason: str
-) -> None:
+def test_signed_garbage_is_a_400_not_a_500(client: FlaskClient, db: Database, body: bytes, reason: str) -> None:
     headers = {"Stripe-Signature": signature_header(body)}
     assert post(client, body, headers) == (400, {"error": reason})
     assert stored(db) == []
@@ -145,9 +141,7 @@ def test_oversized_body_is_413(client: FlaskClient, db: Database) -> None:
     assert stored(db) == []
 
 
-def test_duplicate_delivery_is_acknowledged_and_queues_nothing(
-    client: FlaskClient, db: Database, redis: Redis
-) -> None:
+def test_duplicate_delivery_is_acknowledged_and_queues_nothing(client: FlaskClient, db: Database, redis: Redis) -> None:
     event = event_2020("subscription_updated")
     assert post(client, *signed(event))[0] == 200
     # The first delivery's job has run: the queue is empty and the wake key gone.
@@ -190,9 +184,7 @@ def test_test_and_live_mode_events_are_kept_apart(client: FlaskClient, db: Datab
 
 
 def test_database_down_is_503_so_stripe_retries(settings: Settings, redis: Redis, make_app: MakeApp) -> None:
-    unreachable = replace(
-        settings, database_url="postgresql+psycopg://postgres@127.0.0.1:9/none?connect_timeout=1"
-    )
+    unreachable = replace(settings, database_url="postgresql+psycopg://postgres@127.0.0.1:9/none?connect_timeout=1")
     client = make_app(unreachable).test_client()
     status, answer = post(client, *signed(event_2020("subscription_updated")))
     assert status == 503
@@ -200,9 +192,7 @@ def test_database_down_is_503_so_stripe_retries(settings: Settings, redis: Redis
     assert queue(redis).count == 0
 
 
-def test_webhooks_refused_without_a_configured_secret(
-    settings: Settings, db: Database, make_app: MakeApp
-) -> None:
+def test_webhooks_refused_without_a_configured_secret(settings: Settings, db: Database, make_app: MakeApp) -> None:
     client = make_app(replace(settings, webhook_secrets=())).test_client()
     status, answer = post(client, *signed(event_2020("subscription_updated")))
     assert (status, answer) == (503, {"error": "STRIPE_WEBHOOK_SECRET is not configured"})
@@ -237,9 +227,7 @@ def test_get_is_405_json(client: FlaskClient) -> None:
     assert "error" in response.get_json()
 
 
-def test_healthz_names_what_is_down(
-    client: FlaskClient, settings: Settings, db: Database, make_app: MakeApp
-) -> None:
+def test_healthz_names_what_is_down(client: FlaskClient, settings: Settings, db: Database, make_app: MakeApp) -> None:
     assert client.get("/healthz").get_json() == {"status": "ok", "database": "ok", "redis": "ok"}
     broken = make_app(replace(settings, redis_url="redis://127.0.0.1:9/0")).test_client()
     response = broken.get("/healthz")
