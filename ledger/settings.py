@@ -186,13 +186,19 @@ def _currency(env: Mapping[str, str]) -> str:
     return currency
 
 
-def _fx_file(env: Mapping[str, str]) -> Path | None:
+def _fx_file(env: Mapping[str, str], reporting_currency: str) -> Path | None:
     value = _text(env, "FX_RATES_FILE")
     if value is None:
         return None
     path = Path(value)
     if not path.is_file():
         raise ConfigError(f"FX_RATES_FILE {value!r} is not a readable file")
+    from ledger.fx import FxRatesError, load_rates  # ledger.fx needs the rules, which need this module
+
+    try:
+        load_rates(path, reporting_currency=reporting_currency)
+    except FxRatesError as exc:
+        raise ConfigError(f"FX_RATES_FILE: {exc}") from None
     return path
 
 
@@ -245,7 +251,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
         webhook_secrets=_webhook_secrets(env),
         api_token=_text(env, "SUBLEDGER_API_TOKEN"),
         reporting_currency=_currency(env),
-        fx_rates_file=_fx_file(env),
+        fx_rates_file=_fx_file(env, _currency(env)),
         reconcile_cron=_cron(env),
         stripe_rate_share=_rate_share(env),
         rules=load_rules(env),

@@ -209,3 +209,10 @@ def test_malformed_dotenv_value_is_a_config_error(clean_environment: Path) -> No
     (clean_environment / ".env").write_text("CHURN_RECOGNITION=sometimes\n")
     with pytest.raises(ConfigError, match="CHURN_RECOGNITION"):
         load_settings()
+
+
+def test_fx_rates_file_content_is_checked_at_start(tmp_path: Path) -> None:
+    rates = tmp_path / "rates.csv"
+    rates.write_text("date,currency,rate\n2024-01-01,eur,1.1\n2024-13-01,gbp,1.3\n")
+    with pytest.raises(ConfigError, match=r"^FX_RATES_FILE: .*line 3"):
+        load_settings({"FX_RATES_FILE": str(rates)})

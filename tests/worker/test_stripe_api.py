@@ -1,0 +1,79 @@
+"""The Stripe client: base URL, retries, rate limits, errors — against Stripe's HTTP API simulated by `responses`."""
+
+from __future__ import annotations
+
+import pytest
+import responses
+
+from ledger.settings import Settings
+from worker.stripe_api import MAX_RATE_LIMIT_RETRIES, StripeAPI, StripeUnavailable
+
+BASE = "https://stripe.test"
+
+
+@pytest.fixture
+def waits() -> list[float]:
+    return []
+
+
+@pytest.fixture
+def api(waits: list[float]) -> StripeAPI:
+    return StripeAPI(Settings(stripe_api_key="sk_test_subledger", stripe_api_base=BASE), sleep=waits.append)
+
+
+@responses.activate
+def test_requests_go_to_stripe_api_base_with_the_key_and_expansions(api: StripeAPI) -> None:
+    responses.get(f"{BASE}/v1/subscriptions/sub_1", json={"id": "sub_1", "object": "subscription"})
+    assert api.subscription("sub_1") == {"id": "sub_1", "object": "subscription"}
+    [call] = responses.calls
+    assert call.request.headers["Authorization"] == "Bearer sk_test_subledger"
+    assert "expand%5B0%5D=discounts" in call.request.url
+    assert "items.data.price.tiers" in call.request.url
+
+
+@responses.activate
+def test_429_waits_as_long_as_retry_after_says(api: StripeAPI, waits: list[float]) -> None:
+    limited = {"error": {"type": "rate_limit_error", "message": "Too many requests"}}
+    responses.get(f"{BASE}/v1/prices/price_1", status=429, json=limited, headers={"Retry-After": "3"})
+    responses.get(f"{BASE}/v1/prices/price_1", json={"id": "price_1", "tiers": []})
+    assert api.price("price_1")["id"] == "price_1"
+    assert waits == [3.0]
+
+
+@responses.activate
+def test_429_without_retry_after_backs_off_and_finally_gives_up(api: StripeAPI, waits: list[float]) -> None:
+    limited = {"error": {"type": "rate_limit_error", "message": "Too many requests"}}
+    responses.get(f"{BASE}/v1/coupons/HALF", status=429, json=limited)
+    with pytest.raises(StripeUnavailable, match="kept answering 429"):
+        api.coupon("HALF")
+    assert waits == [1.0 * 2**n for n in range(MAX_RATE_LIMIT_RETRIES)]
+
+
+@responses.activate
+def test_5xx_is_retried_by_the_sdk(api: StripeAPI) -> None:
+    responses.get(f"{BASE}/v1/coupons/HALF", status=500, json={"error": {"type": "api_error", "message": "boom"}})
+    responses.get(f"{BASE}/v1/coupons/HALF", json={"id": "HALF"})
+    assert api.coupon("HALF") == {"id": "HALF"}
+    assert len(responses.calls) == 2
+
+
+@responses.activate
+def test_a_rejected_key_is_one_clear_error_without_the_key(api: StripeAPI) -> None:
+    denied = {"error": {"type": "invalid_request_error", "message": "Invalid API Key provided: sk_test_****ger"}}
+    responses.get(f"{BASE}/v1/subscriptions/sub_1", status=401, json=denied)
+    with pytest.raises(StripeUnavailable) as caught:
+        api.subscription("sub_1")
+    assert str(caught.value) == "Stripe rejected STRIPE_API_KEY"
+
+
+@responses.activate
+def test_an_unknown_object_names_the_path(api: StripeAPI) -> None:
+    missing = {"error": {"type": "invalid_request_error", "message": "No such price: 'price_x'"}}
+    responses.get(f"{BASE}/v1/prices/price_x", status=404, json=missing)
+    with pytest.raises(StripeUnavailable, match="/v1/prices/price_x"):
+        api.price("price_x")
+
+
+def test_no_key_no_client() -> None:
+    with pytest.raises(StripeUnavailable, match="STRIPE_API_KEY is not set"):
+        StripeAPI(Settings())
