@@ -74,8 +74,15 @@ def local_system(settings: Settings, *, port: int, workers: int) -> Iterator[Pro
         yield group
 
 
+def _stop_requested(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def serve(settings: Settings, *, port: int, workers: int) -> int:
-    """`subledger serve`: run until Ctrl-C or until a process dies."""
+    """`subledger serve`: run until Ctrl-C (or SIGTERM) or until a process dies."""
+    # Explicit, because a shell starting this in the background ignores SIGINT.
+    signal.signal(signal.SIGINT, _stop_requested)
+    signal.signal(signal.SIGTERM, _stop_requested)
     with local_system(settings, port=port, workers=workers) as group:
         print(f"subledger is running: http://127.0.0.1:{port}/  (Ctrl-C stops everything)", flush=True)
         try:
