@@ -33,6 +33,26 @@ DiscountsOnce = Literal["ignore", "subtract"]
 Netting = Literal["day", "none"]
 
 
+ENV_VARIABLES = (
+    "DATABASE_URL",
+    "REDIS_URL",
+    "STRIPE_API_KEY",
+    "STRIPE_API_BASE",
+    "STRIPE_WEBHOOK_SECRET",
+    "SUBLEDGER_API_TOKEN",
+    "REPORTING_CURRENCY",
+    "FX_RATES_FILE",
+    "RECONCILE_CRON",
+    "STRIPE_RATE_SHARE",
+    "CHURN_RECOGNITION",
+    "PAST_DUE_GRACE_DAYS",
+    "DISCOUNTS_ONCE",
+    "REACTIVATION_WINDOW_DAYS",
+    "NETTING",
+)
+"""Every variable subledger reads (README and .env.example document each one)."""
+
+
 class ConfigError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
 

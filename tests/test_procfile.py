@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from sqlalchemy import select
 from ledger.db import Database
 from ledger.models import StripeEvent
 from ledger.settings import Settings
+from tests.processes import free_port, healthy, wait_for
 from tests.stripe_payloads import WEBHOOK_SECRET, event_2020, signed
 
 pytestmark = pytest.mark.slow
@@ -28,12 +27,6 @@ pytestmark = pytest.mark.slow
 def procfile(root: Path) -> dict[str, str]:
     lines = (root / "Procfile").read_text().splitlines()
     return dict(line.split(": ", 1) for line in lines if line.strip())
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture
@@ -69,15 +62,6 @@ def start(environment: dict[str, str], project_root: Path) -> Iterator[object]:
             process.wait(timeout=15)
 
 
-def wait_for(predicate, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def test_procfile_web_and_worker_process_a_signed_event(
     project_root: Path, environment: dict[str, str], start, db: Database, redis
 ) -> None:
@@ -88,13 +72,7 @@ def test_procfile_web_and_worker_process_a_signed_event(
     start(lines["worker"])
     url = f"http://127.0.0.1:{environment['PORT']}"
 
-    def web_up() -> bool:
-        try:
-            return requests.get(f"{url}/healthz", timeout=1).status_code == 200
-        except requests.RequestException:
-            return False
-
-    assert wait_for(web_up), "web process did not answer /healthz"
+    assert wait_for(lambda: healthy(url)), "web process did not answer /healthz"
     event = event_2020("subscription_created")
     body, headers = signed(event)
     response = requests.post(f"{url}/webhooks/stripe", data=body, headers=headers, timeout=5)

@@ -11,29 +11,11 @@ from ledger.settings import (
     DEFAULT_DATABASE_URL,
     DEFAULT_RECONCILE_CRON,
     DEFAULT_STRIPE_RATE_SHARE,
+    ENV_VARIABLES,
     ConfigError,
     RuleSettings,
     load_settings,
 )
-
-VARIABLES = (
-    "DATABASE_URL",
-    "REDIS_URL",
-    "STRIPE_API_KEY",
-    "STRIPE_API_BASE",
-    "STRIPE_WEBHOOK_SECRET",
-    "SUBLEDGER_API_TOKEN",
-    "REPORTING_CURRENCY",
-    "FX_RATES_FILE",
-    "RECONCILE_CRON",
-    "STRIPE_RATE_SHARE",
-    "CHURN_RECOGNITION",
-    "PAST_DUE_GRACE_DAYS",
-    "DISCOUNTS_ONCE",
-    "REACTIVATION_WINDOW_DAYS",
-    "NETTING",
-)
-
 
 MALFORMED = [
     pytest.param("DATABASE_URL", "mysql://x", id="DATABASE_URL mysql"),
@@ -164,7 +146,7 @@ def test_malformed_variable_is_a_config_error_naming_it(variable: str, value: st
 def test_every_validated_variable_has_a_malformed_case() -> None:
     # The table above covers every variable except the free-form API token.
     covered = {param.values[0] for param in MALFORMED}
-    assert covered == set(VARIABLES) - {"SUBLEDGER_API_TOKEN"}
+    assert covered == set(ENV_VARIABLES) - {"SUBLEDGER_API_TOKEN"}
 
 
 @pytest.fixture
@@ -174,7 +156,7 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     Each variable is set then deleted, so monkeypatch also removes whatever a
     `.env` file puts into os.environ during the test.
     """
-    for variable in VARIABLES:
+    for variable in ENV_VARIABLES:
         monkeypatch.setenv(variable, "")
         monkeypatch.delenv(variable)
     monkeypatch.chdir(tmp_path)
@@ -216,3 +198,9 @@ def test_fx_rates_file_content_is_checked_at_start(tmp_path: Path) -> None:
     rates.write_text("date,currency,rate\n2024-01-01,eur,1.1\n2024-13-01,gbp,1.3\n")
     with pytest.raises(ConfigError, match=r"^FX_RATES_FILE: .*line 3"):
         load_settings({"FX_RATES_FILE": str(rates)})
+
+
+@pytest.mark.parametrize("document", ["README.md", ".env.example"])
+def test_every_variable_is_documented(document: str) -> None:
+    text = (Path(__file__).resolve().parents[2] / document).read_text()
+    assert [variable for variable in ENV_VARIABLES if variable not in text] == []

@@ -18,34 +18,17 @@ from ledger import migrate
 from ledger.db import Database, utcnow
 from ledger.intake import store_event
 from ledger.models import StripeEvent, Subscription
+from ledger.settings import ENV_VARIABLES
 from tests.stripe_payloads import current_event, event_2020
 from worker.cli import main
 from worker.defaults import MAX_ATTEMPTS
 from worker.queues import queue
 
-SETTINGS_VARIABLES = (
-    "DATABASE_URL",
-    "REDIS_URL",
-    "STRIPE_API_KEY",
-    "STRIPE_API_BASE",
-    "STRIPE_WEBHOOK_SECRET",
-    "SUBLEDGER_API_TOKEN",
-    "REPORTING_CURRENCY",
-    "FX_RATES_FILE",
-    "RECONCILE_CRON",
-    "STRIPE_RATE_SHARE",
-    "CHURN_RECOGNITION",
-    "PAST_DUE_GRACE_DAYS",
-    "DISCOUNTS_ONCE",
-    "REACTIVATION_WINDOW_DAYS",
-    "NETTING",
-)
-
 
 @pytest.fixture
 def cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """No subledger variable set, and a working directory (no `.env`) of its own."""
-    for variable in SETTINGS_VARIABLES:
+    for variable in ENV_VARIABLES:
         monkeypatch.setenv(variable, "")
         monkeypatch.delenv(variable)
     monkeypatch.chdir(tmp_path)

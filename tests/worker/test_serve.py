@@ -4,26 +4,19 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
 from tests.ledger.subscription_payloads import item, price, subscription, ts, utc
+from tests.processes import free_port, healthy, wait_for
 from tests.stripe_payloads import WEBHOOK_SECRET, current_event, signed
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def descendants(pid: int) -> set[int]:
@@ -52,15 +45,6 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def wait_for(predicate, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def test_serve_runs_web_worker_and_clock_on_embedded_defaults_and_stops_clean(tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
@@ -70,13 +54,7 @@ def test_serve_runs_web_worker_and_clock_on_embedded_defaults_and_stops_clean(tm
     try:
         url = f"http://127.0.0.1:{port}"
 
-        def healthy() -> bool:
-            try:
-                return requests.get(f"{url}/healthz", timeout=1).status_code == 200
-            except requests.RequestException:
-                return False
-
-        assert wait_for(healthy), "serve did not come up"
+        assert wait_for(lambda: healthy(url)), "serve did not come up"
         assert serve.stdout is not None
         assert f"http://127.0.0.1:{port}/" in serve.stdout.readline().decode()
         payload = subscription(item(price(4900)), start=utc(3, 1))
