@@ -199,3 +199,68 @@ class Movement(Base):
         Index("ix_movements_day", "livemode", "day"),
         Index("ix_movements_customer", "customer_id", "day"),
     )
+
+
+class RunStatus(enum.StrEnum):
+    RUNNING = "running"
+    OK = "ok"
+    PARTIAL = "partial"
+    """Finished, but some objects could not be read or applied; `errors` lists them."""
+    FAILED = "failed"
+
+
+class SyncRun(Base):
+    """One backfill, reconciliation or events catch-up, and how it ended.
+
+    A run is never reported as a success it was not: it ends `ok` only when
+    every page was read and every object applied.
+    """
+
+    __tablename__ = "sync_runs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), index=True)
+    """`backfill`, `reconcile` or `catchup`."""
+    livemode: Mapped[bool | None]
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime]
+    """Refreshed while the run works; a `running` run without a recent heartbeat died."""
+    status: Mapped[str] = mapped_column(String(16))
+    parameters: Mapped[dict[str, Any]]
+    counts: Mapped[dict[str, Any]]
+    errors: Mapped[list[str]] = mapped_column(JsonDocument)
+
+
+class SyncCheckpoint(Base):
+    """Where a paged read stopped: a resumed run starts after the last page it committed."""
+
+    __tablename__ = "sync_checkpoints"
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    stream: Mapped[str] = mapped_column(String(128), primary_key=True)
+    """What is being read, e.g. `subscriptions:2023-01-01..2023-04-01`."""
+    cursor: Mapped[str | None] = mapped_column(String(255))
+    """The last object id committed (Stripe's `starting_after`); None before the first page."""
+    done: Mapped[bool] = mapped_column(default=False)
+    objects: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime]
+
+
+class DriftItem(Base):
+    """One subscription whose ledger MRR differed from Stripe's in a reconciliation."""
+
+    __tablename__ = "drift_items"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(64), index=True)
+    subscription_id: Mapped[str] = mapped_column(String(255))
+    customer_id: Mapped[str] = mapped_column(String(255))
+    currency: Mapped[str] = mapped_column(String(3))
+    ledger_mrr: Mapped[int] = mapped_column(BigInteger)
+    stripe_mrr: Mapped[int] = mapped_column(BigInteger)
+    difference: Mapped[int] = mapped_column(BigInteger)
+    """stripe_mrr − ledger_mrr."""
+    action: Mapped[str] = mapped_column(Text)
+    """What the run did about it, e.g. `recorded Stripe's state effective 2024-03-05T00:00:00Z`."""
+    effective_at: Mapped[datetime]

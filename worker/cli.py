@@ -19,7 +19,10 @@ from redis import Redis, RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
 from ledger.db import Database
+from ledger.models import RunStatus
 from ledger.settings import ConfigError, Settings, load_settings
+from worker.runs import RunRefused, RunReport
+from worker.stripe_api import StripeUnavailable
 
 log = logging.getLogger("subledger")
 
@@ -175,6 +178,48 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     return 1 if report.problems else 0
 
 
+def _require_api_key(settings: Settings, command: str) -> None:
+    if not settings.stripe_api_key:
+        raise CommandError(f"STRIPE_API_KEY is not set: {command} reads from the Stripe API")
+
+
+def _report_run(report: RunReport) -> int:
+    """Print the run's summary; a partial or failed run also gets one line on stderr."""
+    print(report.summary)
+    if report.status is RunStatus.OK:
+        return 0
+    why = report.errors[0] if report.errors else "see the run's errors"
+    print(f"subledger: {report.kind} {report.status.value}: {why}", file=sys.stderr)
+    return 1
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from worker.backfill import backfill
+    from worker.progress import progress_reporter
+
+    settings = _settings()
+    _require_api_key(settings, "backfill")
+    since = datetime.combine(args.since, datetime.min.time(), UTC) if args.since else None
+    db = Database(settings.database_url)
+    try:
+        with progress_reporter() as progress:
+            return _report_run(backfill(db, settings, since=since, progress=progress))
+    finally:
+        db.dispose()
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from worker.reconcile import reconcile
+
+    settings = _settings()
+    _require_api_key(settings, "reconcile")
+    db = Database(settings.database_url)
+    try:
+        return _report_run(reconcile(db, settings))
+    finally:
+        db.dispose()
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from worker.local import serve
 
@@ -203,6 +248,13 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--since", type=_date, help="only events created on or after DATE (YYYY-MM-DD)")
     replay.set_defaults(handler=cmd_replay)
 
+    backfill = commands.add_parser("backfill", help="import history from Stripe (resumable)")
+    backfill.add_argument("--since", type=_date, help="only objects created on or after DATE (YYYY-MM-DD)")
+    backfill.set_defaults(handler=cmd_backfill)
+
+    reconcile = commands.add_parser("reconcile", help="compare the ledger with Stripe now; correct and report drift")
+    reconcile.set_defaults(handler=cmd_reconcile)
+
     rebuild = commands.add_parser("rebuild", help="recompute the ledger from stored data (after a rule change)")
     rebuild.set_defaults(handler=cmd_rebuild)
 
@@ -223,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except (ConfigError, CommandError) as exc:
+    except (ConfigError, CommandError, RunRefused, StripeUnavailable) as exc:
         print(f"subledger: {exc}", file=sys.stderr)
     except SQLAlchemyError as exc:
         print(f"subledger: database error: {type(exc).__name__}: {str(exc).splitlines()[0]}", file=sys.stderr)

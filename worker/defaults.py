@@ -25,3 +25,6 @@ DRAIN_BUDGET_S = 120
 
 ROLL_FORWARD_CRON = "10 0 * * *"
 """Daily, just after midnight UTC: book the movements time alone causes (grace periods, discount ends)."""
+
+CATCH_UP_INTERVAL_S = 300
+"""How often the clock reads back recent events from Stripe's Events API."""

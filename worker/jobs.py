@@ -72,3 +72,19 @@ def roll_forward() -> dict[str, Any]:
 
     report = rebuild(context.database(), context.settings())
     return asdict(report)
+
+
+def reconcile_nightly() -> dict[str, Any]:
+    """The clock's nightly reconciliation (RECONCILE_CRON)."""
+    from worker.reconcile import reconcile
+
+    report = reconcile(context.database(), context.settings())
+    return {"run": report.run_id, "status": report.status.value, "counts": dict(report.counts)}
+
+
+def catch_up_events() -> dict[str, Any]:
+    """Read back recent events from Stripe and store those the webhooks missed."""
+    from worker.catchup import catch_up
+
+    report = catch_up(context.database(), context.settings(), _connection())
+    return {"run": report.run_id, "status": report.status.value, "counts": dict(report.counts)}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import stripe
@@ -30,6 +30,9 @@ MAX_RATE_LIMIT_RETRIES = 6
 
 DEFAULT_RATE_LIMIT_WAIT_S = 1.0
 """Wait after a 429 that names no Retry-After (doubles each time)."""
+
+PAGE_SIZE = 100
+"""Stripe's largest page."""
 
 SUBSCRIPTION_EXPANSIONS = ("discounts", "items.data.discounts", "items.data.price.tiers")
 """What the MRR rules need whole: webhooks carry these as ids, or not at all (tiers)."""
@@ -84,6 +87,32 @@ class StripeAPI:
             document: dict[str, Any] = json.loads(response.body)
             return document
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def pages(
+        self, path: str, *, starting_after: str | None = None, limit: int = PAGE_SIZE, **params: Any
+    ) -> Iterator[list[dict[str, Any]]]:
+        """A list endpoint page by page (Stripe's cursor pagination), from after `starting_after`.
+
+        Streams: one page in memory at a time. The caller checkpoints the last
+        id of each page it has committed and passes it back to resume.
+        """
+        cursor = starting_after
+        while True:
+            query = dict(params, limit=limit)
+            if cursor is not None:
+                query["starting_after"] = cursor
+            page = self.get(path, **query)
+            data: list[dict[str, Any]] = page.get("data") or []
+            if data:
+                yield data
+                cursor = str(data[-1]["id"])
+            if not page.get("has_more") or not data:
+                return
+
+    def list(self, path: str, **params: Any) -> Iterator[dict[str, Any]]:
+        """Every object of a list endpoint, one at a time."""
+        for page in self.pages(path, **params):
+            yield from page
 
     def subscription(self, subscription_id: str) -> dict[str, Any]:
         """A subscription with what the MRR rules need expanded."""

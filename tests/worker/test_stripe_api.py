@@ -77,3 +77,14 @@ def test_an_unknown_object_names_the_path(api: StripeAPI) -> None:
 def test_no_key_no_client() -> None:
     with pytest.raises(StripeUnavailable, match="STRIPE_API_KEY is not set"):
         StripeAPI(Settings())
+
+
+@responses.activate
+def test_pages_follow_the_cursor_until_has_more_is_false(api: StripeAPI) -> None:
+    first = {"object": "list", "data": [{"id": "cus_1"}, {"id": "cus_2"}], "has_more": True}
+    second = {"object": "list", "data": [{"id": "cus_3"}], "has_more": False}
+    responses.get(f"{BASE}/v1/customers", json=first)
+    responses.get(f"{BASE}/v1/customers", json=second)
+    assert [c["id"] for c in api.list("/v1/customers")] == ["cus_1", "cus_2", "cus_3"]
+    assert "starting_after=cus_2" in responses.calls[1].request.url
+    assert "limit=100" in responses.calls[0].request.url

@@ -1,0 +1,152 @@
+"""Bookkeeping of backfill, reconcile and catch-up runs: one row each, honest status.
+
+A run is `ok` only if everything was read and applied; `partial` when it
+finished with errors (listed); `failed` when it stopped. A `running` row whose
+heartbeat is old belongs to a process that died. A backfill resumes the newest
+unfinished backfill with the same parameters, from its checkpoints.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ledger.db import Database, utcnow
+from ledger.models import RunStatus, SyncCheckpoint, SyncRun
+
+STALE_AFTER = timedelta(minutes=10)
+"""A running run whose heartbeat is older than this is taken to have died."""
+
+MAX_ERRORS_KEPT = 200
+"""Errors stored on a run row; the count of all of them is kept in `counts`."""
+
+
+class RunRefused(RuntimeError):
+    """The run cannot start (another one is running, no API key, …); the message says why."""
+
+
+@dataclass
+class RunReport:
+    """What a run did, as the command line and the API report it."""
+
+    run_id: str
+    kind: str
+    status: RunStatus = RunStatus.RUNNING
+    counts: Counter[str] = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+    resumed: bool = False
+
+    def error(self, message: str) -> None:
+        self.counts["errors"] += 1
+        if len(self.errors) < MAX_ERRORS_KEPT:
+            self.errors.append(message)
+
+    @property
+    def summary(self) -> str:
+        counted = ", ".join(f"{value:,} {key}" for key, value in sorted(self.counts.items()) if key != "errors")
+        tail = f"; {self.counts['errors']:,} errors (first: {self.errors[0]})" if self.errors else ""
+        return f"{self.kind} {self.run_id} {self.status.value}: {counted or 'nothing to do'}{tail}"
+
+
+def _live(run: SyncRun, now: datetime) -> bool:
+    return run.status == RunStatus.RUNNING.value and now - run.heartbeat_at < STALE_AFTER
+
+
+def start_run(
+    db: Database,
+    kind: str,
+    *,
+    parameters: dict[str, Any],
+    livemode: bool | None = None,
+    exclusive: bool = True,
+    resumable: bool = False,
+) -> RunReport:
+    """Record a new run (or resume the newest unfinished one with the same parameters)."""
+    now = utcnow()
+    with db.transaction() as session:
+        runs = session.scalars(select(SyncRun).where(SyncRun.kind == kind).order_by(SyncRun.started_at.desc())).all()
+        if exclusive:
+            for run in runs:
+                if _live(run, now):
+                    raise RunRefused(
+                        f"a {kind} is already running (run {run.id}, started {run.started_at:%Y-%m-%d %H:%M} UTC)"
+                    )
+        if resumable:
+            for run in runs:
+                if run.status in (RunStatus.RUNNING.value, RunStatus.FAILED.value) and run.parameters == parameters:
+                    run.status = RunStatus.RUNNING.value
+                    run.heartbeat_at = now
+                    run.finished_at = None
+                    return RunReport(run.id, kind, counts=Counter(run.counts), resumed=True)
+                if run.parameters == parameters:
+                    break  # the newest run with these parameters finished: start afresh
+        run_id = f"{kind}_{now:%Y%m%d%H%M%S}_{uuid.uuid4().hex[:8]}"
+        session.add(
+            SyncRun(
+                id=run_id,
+                kind=kind,
+                livemode=livemode,
+                started_at=now,
+                heartbeat_at=now,
+                status=RunStatus.RUNNING.value,
+                parameters=parameters,
+                counts={},
+                errors=[],
+            )
+        )
+    return RunReport(run_id, kind)
+
+
+def heartbeat(db: Database, report: RunReport) -> None:
+    """Say the run is alive, with its counts so far."""
+    with db.transaction() as session:
+        run = session.get(SyncRun, report.run_id)
+        if run is not None:
+            run.heartbeat_at = utcnow()
+            run.counts = dict(report.counts)
+
+
+def finish_run(db: Database, report: RunReport, status: RunStatus | None = None) -> RunReport:
+    """Close the run: `ok` without errors, `partial` with some, or the status given."""
+    report.status = status or (RunStatus.PARTIAL if report.errors else RunStatus.OK)
+    now = utcnow()
+    with db.transaction() as session:
+        run = session.get(SyncRun, report.run_id)
+        if run is not None:
+            run.status = report.status.value
+            run.finished_at = now
+            run.heartbeat_at = now
+            run.counts = dict(report.counts)
+            run.errors = report.errors
+    return report
+
+
+def checkpoint(session: Session, run_id: str, stream: str) -> SyncCheckpoint | None:
+    return session.get(SyncCheckpoint, (run_id, stream))
+
+
+def save_checkpoint(
+    session: Session, run_id: str, stream: str, *, cursor: str | None, objects: int, done: bool = False
+) -> None:
+    """Record progress in the same transaction as the page's data, so a resume is exact."""
+    row = session.get(SyncCheckpoint, (run_id, stream))
+    if row is None:
+        row = SyncCheckpoint(run_id=run_id, stream=stream, objects=0, done=False, updated_at=utcnow())
+        session.add(row)
+    row.cursor = cursor
+    row.objects = objects
+    row.done = done
+    row.updated_at = utcnow()
+
+
+def latest_runs(session: Session, *, kind: str | None = None, limit: int = 10) -> list[SyncRun]:
+    query = select(SyncRun).order_by(SyncRun.started_at.desc()).limit(limit)
+    if kind is not None:
+        query = query.where(SyncRun.kind == kind)
+    return list(session.scalars(query))
