@@ -11,7 +11,7 @@ setting changed is the same operation for every customer.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from ledger.models import (
     Customer,
+    CustomerMonthly,
     Movement,
     StripeEvent,
     StripeObject,
@@ -30,9 +31,10 @@ from ledger.movements import Movement as ComputedMovement
 from ledger.movements import customer_movements
 from ledger.ordering import TiedVersion, needs_current_state, settle_order
 from ledger.resolve import resolve_subscription
+from ledger.rollup import CustomerMonth, customer_months
 from ledger.settings import RuleSettings
 from ledger.state import RANK_RECONCILE
-from ledger.timeline import Snapshot, subscription_changes
+from ledger.timeline import Change, Snapshot, subscription_changes
 
 CurrentState = Callable[[str], Mapping[str, Any] | None]
 """The subscription as the API shows it now, when a tie needs it (None: unknown)."""
@@ -193,7 +195,48 @@ def recompute_customers(
         session.execute(delete(Movement).where(Movement.id.in_(stale)))
     if new_rows:
         session.execute(insert(Movement), new_rows)
+    _store_months(session, customer_ids, livemodes, computed, changes, snapshots, now)
     return results
+
+
+_MONTH_FIELDS = tuple(f.name for f in fields(CustomerMonth))
+
+
+def _store_months(
+    session: Session,
+    customer_ids: Sequence[str],
+    livemodes: Mapping[str, bool],
+    movements: Mapping[str, Sequence[ComputedMovement]],
+    changes: Mapping[str, Sequence[Change]],
+    snapshots: Mapping[str, Sequence[Snapshot]],
+    now: datetime,
+) -> None:
+    """Replace the customers' monthly rollup rows that changed (most recomputes touch one month)."""
+    wanted = {
+        (row.customer_id, row.currency, row.month): row
+        for customer_id in customer_ids
+        for row in customer_months(
+            customer_id, movements[customer_id], changes[customer_id], snapshots[customer_id], now=now
+        )
+    }
+    stored = {
+        (row.customer_id, row.currency, row.month): row
+        for row in session.scalars(select(CustomerMonthly).where(CustomerMonthly.customer_id.in_(customer_ids)))
+    }
+    for key, gone in stored.items():
+        if key not in wanted:
+            session.delete(gone)
+    fresh: list[dict[str, Any]] = []
+    for key, month in wanted.items():
+        values = {name: getattr(month, name) for name in _MONTH_FIELDS}
+        row = stored.get(key)
+        if row is None:
+            fresh.append(values | {"livemode": livemodes.get(month.customer_id, False)})
+        elif any(getattr(row, name) != value for name, value in values.items()):
+            for name, value in values.items():
+                setattr(row, name, value)
+    if fresh:
+        session.execute(insert(CustomerMonthly), fresh)
 
 
 def recompute_customer(session: Session, customer_id: str, rules: RuleSettings, *, now: datetime) -> Recomputed:

@@ -264,3 +264,31 @@ class DriftItem(Base):
     action: Mapped[str] = mapped_column(Text)
     """What the run did about it, e.g. `recorded Stripe's state effective 2024-03-05T00:00:00Z`."""
     effective_at: Mapped[datetime]
+
+
+class CustomerMonthly(Base):
+    """A customer's month in one currency, summed (ledger.rollup): what §8's metrics read."""
+
+    __tablename__ = "customer_months"
+
+    customer_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    currency: Mapped[str] = mapped_column(String(3), primary_key=True)
+    month: Mapped[date] = mapped_column(Date, primary_key=True)
+    livemode: Mapped[bool]
+    mrr: Mapped[int] = mapped_column(BigInteger)
+    new: Mapped[int] = mapped_column(BigInteger)
+    expansion: Mapped[int] = mapped_column(BigInteger)
+    contraction: Mapped[int] = mapped_column(BigInteger)
+    churn: Mapped[int] = mapped_column(BigInteger)
+    reactivation: Mapped[int] = mapped_column(BigInteger)
+    news: Mapped[int] = mapped_column(Integer)
+    expansions: Mapped[int] = mapped_column(Integer)
+    churns: Mapped[int] = mapped_column(Integer)
+    reactivations: Mapped[int] = mapped_column(Integer)
+    scheduled_churn: Mapped[int] = mapped_column(BigInteger)
+    trials_ended: Mapped[int] = mapped_column(Integer)
+    trials_converted: Mapped[int] = mapped_column(Integer)
+    first_paid_month: Mapped[date | None] = mapped_column(Date)
+    """The customer's cohort: month of its first positive MRR."""
+
+    __table_args__ = (Index("ix_customer_months_month", "livemode", "month"),)

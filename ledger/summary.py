@@ -1,0 +1,186 @@
+"""A month's KPIs (mrr-rules.md §8), summed in SQL from the monthly rollup.
+
+One currency at a time: the caller picks the account's currency, or converts
+(see `ledger.reporting` for the bridge with its FX adjustment). Rates are
+exact fractions; a rate whose denominator is 0 is None.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from fractions import Fraction
+from typing import Any
+
+from sqlalchemy import and_, case, func, select
+from sqlalchemy.orm import Session, aliased
+
+from ledger import metrics
+from ledger.models import CustomerMonthly
+from ledger.rollup import next_month
+
+LTV_MONTHS = 6
+"""LTV divides by the average customer churn rate of this many full months."""
+
+
+def previous_month(month: date) -> date:
+    return date(month.year - (month.month == 1), (month.month - 2) % 12 + 1, 1)
+
+
+@dataclass(frozen=True)
+class MonthFigures:
+    """The sums one month's KPIs are computed from, in one currency."""
+
+    month: date
+    currency: str
+    mrr_start: int
+    mrr: int
+    customers_start: int
+    customers: int
+    new: int
+    expansion: int
+    contraction: int
+    churn: int
+    reactivation: int
+    new_customers: int
+    churned_customers: int
+    reactivated_customers: int
+    expanded_customers: int
+    nrr_numerator: int
+    grr_numerator: int
+    scheduled_churn: int
+    trials_ended: int
+    trials_converted: int
+    monthly_churn_rates: tuple[Fraction | None, ...]
+    """Customer churn rates of the LTV window's months, oldest first."""
+
+
+def _sum(column: Any, month: date) -> Any:
+    return func.coalesce(func.sum(case((CustomerMonthly.month == month, column), else_=0)), 0)
+
+
+def _count(condition: Any) -> Any:
+    return func.count(func.distinct(case((condition, CustomerMonthly.customer_id), else_=None)))
+
+
+def month_figures(session: Session, *, livemode: bool, month: date, currency: str, today: date) -> MonthFigures:
+    """Everything §8 needs about `month` in `currency`, in three queries."""
+    before = previous_month(month)
+    rows = CustomerMonthly
+    scoped = [rows.livemode == livemode, rows.currency == currency]
+    columns: dict[str, Any] = {
+        "mrr_start": _sum(rows.mrr, before),
+        "mrr": _sum(rows.mrr, month),
+        "customers_start": _count(and_(rows.month == before, rows.mrr > 0)),
+        "customers": _count(and_(rows.month == month, rows.mrr > 0)),
+        "new": _sum(rows.new, month),
+        "expansion": _sum(rows.expansion, month),
+        "contraction": _sum(rows.contraction, month),
+        "churn": _sum(rows.churn, month),
+        "reactivation": _sum(rows.reactivation, month),
+        "new_customers": _count(and_(rows.month == month, rows.news > 0)),
+        "churned_customers": _count(and_(rows.month == month, rows.churns > 0)),
+        "reactivated_customers": _count(and_(rows.month == month, rows.reactivations > 0)),
+        "expanded_customers": _count(and_(rows.month == month, rows.expansions > 0)),
+        "scheduled_churn": _sum(rows.scheduled_churn, month),
+        "trials_ended": _sum(rows.trials_ended, month),
+        "trials_converted": _sum(rows.trials_converted, month),
+    }
+    totals = session.execute(
+        select(*(column.label(name) for name, column in columns.items())).where(
+            *scoped, rows.month.in_([before, month])
+        )
+    ).one()
+
+    # NRR and GRR follow the customers who paid at the start of the month.
+    start, end = aliased(CustomerMonthly), aliased(CustomerMonthly)
+    end_mrr = func.coalesce(end.mrr, 0)
+    retained = session.execute(
+        select(
+            func.coalesce(func.sum(end_mrr), 0).label("nrr_numerator"),
+            func.coalesce(func.sum(case((end_mrr < start.mrr, end_mrr), else_=start.mrr)), 0).label("grr_numerator"),
+        )
+        .select_from(start)
+        .outerjoin(end, and_(end.customer_id == start.customer_id, end.currency == start.currency, end.month == month))
+        .where(start.livemode == livemode, start.currency == currency, start.month == before, start.mrr > 0)
+    ).one()
+
+    churn_rates = _monthly_churn_rates(session, livemode=livemode, currency=currency, month=month, today=today)
+    sums = {name: int(value) for name, value in {**totals._mapping, **retained._mapping}.items()}
+    return MonthFigures(month=month, currency=currency, monthly_churn_rates=churn_rates, **sums)
+
+
+def _ltv_window(month: date, today: date) -> list[date]:
+    """The LTV_MONTHS full months ending with `month` (or the month before it while it runs)."""
+    last = month if next_month(month) <= today else previous_month(month)
+    window = [last]
+    while len(window) < LTV_MONTHS:
+        window.insert(0, previous_month(window[0]))
+    return window
+
+
+def _monthly_churn_rates(
+    session: Session, *, livemode: bool, currency: str, month: date, today: date
+) -> tuple[Fraction | None, ...]:
+    window = _ltv_window(month, today)
+    rows = CustomerMonthly
+    counts = {
+        row_month: (int(paying), int(churned))
+        for row_month, paying, churned in session.execute(
+            select(
+                rows.month,
+                func.count(func.distinct(case((rows.mrr > 0, rows.customer_id), else_=None))),
+                func.count(func.distinct(case((rows.churns > 0, rows.customer_id), else_=None))),
+            )
+            .where(
+                rows.livemode == livemode,
+                rows.currency == currency,
+                rows.month >= previous_month(window[0]),
+                rows.month <= window[-1],
+            )
+            .group_by(rows.month)
+        )
+    }
+    return tuple(
+        metrics.customer_churn_rate(counts.get(m, (0, 0))[1], counts.get(previous_month(m), (0, 0))[0]) for m in window
+    )
+
+
+def kpis(figures: MonthFigures) -> dict[str, object]:
+    """Every metric of §8 for the month, keyed as the API names them."""
+    f = figures
+    arpa = metrics.arpa(f.mrr, f.customers)
+    return {
+        "month": f.month.strftime("%Y-%m"),
+        "currency": f.currency,
+        "mrr_start": f.mrr_start,
+        "mrr": f.mrr,
+        "arr": metrics.arr(f.mrr),
+        "customers_start": f.customers_start,
+        "customers": f.customers,
+        "new": f.new,
+        "expansion": f.expansion,
+        "contraction": f.contraction,
+        "churn": f.churn,
+        "reactivation": f.reactivation,
+        "net_new": metrics.net_new_mrr(f.new, f.expansion, f.reactivation, f.contraction, f.churn),
+        "new_customers": f.new_customers,
+        "churned_customers": f.churned_customers,
+        "reactivated_customers": f.reactivated_customers,
+        "mrr_growth_rate": metrics.mrr_growth_rate(f.mrr_start, f.mrr),
+        "arpa": arpa,
+        "customer_churn_rate": metrics.customer_churn_rate(f.churned_customers, f.customers_start),
+        "retention_rate": metrics.retention_rate(f.churned_customers, f.customers_start),
+        "gross_mrr_churn_rate": metrics.gross_mrr_churn_rate(f.churn, f.contraction, f.mrr_start),
+        "net_mrr_churn_rate": metrics.net_mrr_churn_rate(
+            f.churn, f.contraction, f.expansion, f.reactivation, f.mrr_start
+        ),
+        "expansion_rate": metrics.expansion_rate(f.expansion, f.mrr_start),
+        "upsell_rate": metrics.upsell_rate(f.expanded_customers, f.customers_start),
+        "nrr": metrics.nrr(f.nrr_numerator, f.mrr_start),
+        "grr": metrics.grr(f.grr_numerator, f.mrr_start),
+        "quick_ratio": metrics.quick_ratio(f.new, f.expansion, f.reactivation, f.contraction, f.churn),
+        "ltv": metrics.ltv(arpa, list(f.monthly_churn_rates)),
+        "trial_conversion_rate": metrics.trial_conversion_rate(f.trials_converted, f.trials_ended),
+        "scheduled_churn": f.scheduled_churn,
+    }

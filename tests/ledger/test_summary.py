@@ -1,0 +1,121 @@
+"""A month's §8 KPIs from the monthly rollup, on a small account worked by hand."""
+
+from __future__ import annotations
+
+from datetime import date
+from fractions import Fraction
+
+import pytest
+
+from ledger.db import Database
+from ledger.engine import recompute_customers
+from ledger.settings import RuleSettings
+from ledger.state import record_subscription
+from ledger.summary import kpis, month_figures
+from tests.ledger.subscription_payloads import item, price, subscription, utc
+
+NOW = utc(6, 15)
+
+
+def account(db: Database) -> None:
+    """March 2024: a upgrades $100 → $150, b ($200) churns, c joins at $50, d converts a trial at $30."""
+    gold, platinum = price(10000), price(15000, price_id="price_platinum")
+    versions = [
+        (subscription(item(gold), start=utc(1, 10), customer="cus_a", sub_id="sub_a"), utc(1, 10)),
+        (subscription(item(platinum), start=utc(1, 10), customer="cus_a", sub_id="sub_a"), utc(3, 5)),
+        (subscription(item(price(20000)), start=utc(2, 1), customer="cus_b", sub_id="sub_b"), utc(2, 1)),
+        (
+            subscription(
+                item(price(20000)),
+                start=utc(2, 1),
+                customer="cus_b",
+                sub_id="sub_b",
+                status="canceled",
+                canceled_at=utc(3, 20),
+                ended_at=utc(3, 20),
+            ),
+            utc(3, 20),
+        ),
+        (subscription(item(price(5000)), start=utc(3, 2), customer="cus_c", sub_id="sub_c"), utc(3, 2)),
+        (
+            subscription(
+                item(price(3000)),
+                start=utc(2, 20),
+                customer="cus_d",
+                sub_id="sub_d",
+                status="trialing",
+                trial_start=utc(2, 20),
+                trial_end=utc(3, 5),
+            ),
+            utc(2, 20),
+        ),
+        (
+            subscription(
+                item(price(3000)),
+                start=utc(2, 20),
+                customer="cus_d",
+                sub_id="sub_d",
+                trial_start=utc(2, 20),
+                trial_end=utc(3, 5),
+            ),
+            utc(3, 5, 1),
+        ),
+    ]
+    with db.transaction() as session:
+        for payload, seen in versions:
+            record_subscription(session, payload, observed_at=seen, source=f"evt_{payload['id']}_{seen:%m%d}")
+        recompute_customers(session, ["cus_a", "cus_b", "cus_c", "cus_d"], RuleSettings(), now=NOW)
+
+
+@pytest.fixture
+def march(db: Database) -> dict[str, object]:
+    account(db)
+    with db.session() as session:
+        return kpis(month_figures(session, livemode=False, month=date(2024, 3, 1), currency="usd", today=NOW.date()))
+
+
+@pytest.mark.parametrize(
+    ("metric", "expected"),
+    [
+        ("mrr_start", 30000),
+        ("mrr", 23000),
+        ("arr", 276000),
+        ("customers_start", 2),
+        ("customers", 3),
+        ("new", 8000),
+        ("expansion", 5000),
+        ("contraction", 0),
+        ("churn", -20000),
+        ("reactivation", 0),
+        ("net_new", -7000),
+        ("new_customers", 2),
+        ("churned_customers", 1),
+        ("reactivated_customers", 0),
+        ("mrr_growth_rate", Fraction(-7, 30)),
+        ("arpa", 7667),
+        ("customer_churn_rate", Fraction(1, 2)),
+        ("retention_rate", Fraction(1, 2)),
+        ("gross_mrr_churn_rate", Fraction(2, 3)),
+        ("net_mrr_churn_rate", Fraction(1, 2)),
+        ("expansion_rate", Fraction(1, 6)),
+        ("upsell_rate", Fraction(1, 2)),
+        ("nrr", Fraction(1, 2)),
+        ("grr", Fraction(1, 3)),
+        ("quick_ratio", Fraction(13, 20)),
+        ("trial_conversion_rate", Fraction(1, 1)),
+        ("scheduled_churn", 0),
+    ],
+)
+def test_march_kpis(march: dict[str, object], metric: str, expected: object) -> None:
+    assert march[metric] == expected
+
+
+def test_ltv_uses_the_average_churn_of_six_full_months(march: dict[str, object]) -> None:
+    # Oct 2023 – Mar 2024: only February (0 of 1 churned) and March (1 of 2) are defined → average 1/4.
+    assert march["ltv"] == 7667 * 4
+
+
+def test_an_empty_month_has_null_rates(db: Database) -> None:
+    with db.session() as session:
+        empty = kpis(month_figures(session, livemode=False, month=date(2024, 3, 1), currency="usd", today=NOW.date()))
+    assert (empty["mrr"], empty["customers"], empty["nrr"], empty["arpa"], empty["ltv"]) == (0, 0, None, None, None)
