@@ -119,3 +119,35 @@ def test_an_empty_month_has_null_rates(db: Database) -> None:
     with db.session() as session:
         empty = kpis(month_figures(session, livemode=False, month=date(2024, 3, 1), currency="usd", today=NOW.date()))
     assert (empty["mrr"], empty["customers"], empty["nrr"], empty["arpa"], empty["ltv"]) == (0, 0, None, None, None)
+
+
+def test_cohorts_group_customers_by_first_paying_month(db: Database) -> None:
+    from ledger.queries import cohorts
+
+    account(db)
+    with db.session() as session:
+        grid = cohorts(session, livemode=False, currency="usd", start=date(2024, 1, 1), end=date(2024, 4, 1))
+    rows = {(c.month.isoformat(), c.customers, c.revenue): (c.retained_customers, c.retained_revenue) for c in grid}
+    assert rows == {
+        ("2024-01-01", 1, 10000): ([1, 1, 1, 1], [10000, 10000, 15000, 15000]),
+        ("2024-02-01", 1, 20000): ([1, 0, 0], [20000, 0, 0]),
+        ("2024-03-01", 2, 8000): ([2, 2], [8000, 8000]),
+    }
+
+
+def test_movements_are_paged_with_a_cursor(db: Database) -> None:
+    from ledger.queries import movements_page
+
+    account(db)
+    seen = []
+    cursor = None
+    with db.session() as session:
+        while True:
+            page = movements_page(session, livemode=False, limit=2, cursor=cursor)
+            seen.extend((m.customer_id, m.type) for m in page.movements)
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        churns = movements_page(session, livemode=False, types=["churn"]).movements
+    assert len(seen) == len(set(seen)) == 6
+    assert [(m.customer_id, m.amount) for m in churns] == [("cus_b", -20000)]
