@@ -7,8 +7,8 @@ exact fractions; a rate whose denominator is 0 is None.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import date
+from dataclasses import dataclass, replace
+from datetime import date, timedelta
 from fractions import Fraction
 from typing import Any
 
@@ -16,7 +16,9 @@ from sqlalchemy import and_, case, func, select
 from sqlalchemy.orm import Session, aliased
 
 from ledger import metrics
+from ledger.fx import RateTable, convert
 from ledger.models import CustomerMonthly
+from ledger.reporting import mrr_series
 from ledger.rollup import next_month
 
 LTV_MONTHS = 6
@@ -184,3 +186,131 @@ def kpis(figures: MonthFigures) -> dict[str, object]:
         "trial_conversion_rate": metrics.trial_conversion_rate(f.trials_converted, f.trials_ended),
         "scheduled_churn": f.scheduled_churn,
     }
+
+
+def account_currencies(session: Session, *, livemode: bool) -> list[str]:
+    """Currencies the ledger has seen, most used first."""
+    rows = session.execute(
+        select(CustomerMonthly.currency, func.count())
+        .where(CustomerMonthly.livemode == livemode)
+        .group_by(CustomerMonthly.currency)
+        .order_by(func.count().desc(), CustomerMonthly.currency)
+    )
+    return [currency for currency, _ in rows]
+
+
+def _converted(figures: list[MonthFigures], rates: RateTable, reporting_currency: str, today: date) -> MonthFigures:
+    """Several currencies' figures as one, in the reporting currency.
+
+    Opening amounts (and NRR/GRR numerators, so retention is measured at
+    constant rates) convert at the rate of the day before the month, closing
+    ones at its last day's (today's while it runs); movement sums come from
+    the daily bridge. A missing rate raises MissingRates.
+    """
+    month = figures[0].month
+    opening_day = month - timedelta(days=1)
+    closing_day = min(next_month(month) - timedelta(days=1), today)
+    missing: set[tuple[str, date]] = set()
+
+    def at(amount: int, currency: str, day: date) -> int:
+        value = convert(amount, currency, day, rates)
+        if value is None:
+            missing.add((currency, day))
+            return 0
+        return value
+
+    def opening(name: str) -> int:
+        return sum(at(getattr(f, name), f.currency, opening_day) for f in figures)
+
+    def closing(name: str) -> int:
+        return sum(at(getattr(f, name), f.currency, closing_day) for f in figures)
+
+    counts = {
+        name: sum(getattr(f, name) for f in figures)
+        for name in (
+            "customers_start",
+            "customers",
+            "new_customers",
+            "churned_customers",
+            "reactivated_customers",
+            "expanded_customers",
+            "trials_ended",
+            "trials_converted",
+        )
+    }
+    if missing:
+        raise MissingRates(frozenset(missing))
+    return MonthFigures(
+        month=month,
+        currency=reporting_currency,
+        mrr_start=opening("mrr_start"),
+        mrr=closing("mrr"),
+        new=0,
+        expansion=0,
+        contraction=0,
+        churn=0,
+        reactivation=0,
+        nrr_numerator=opening("nrr_numerator"),
+        grr_numerator=opening("grr_numerator"),
+        scheduled_churn=closing("scheduled_churn"),
+        monthly_churn_rates=figures[0].monthly_churn_rates,
+        **counts,
+    )
+
+
+class MissingRates(LookupError):
+    """Rates the conversion needs are not in FX_RATES_FILE."""
+
+    def __init__(self, missing: frozenset[tuple[str, date]]) -> None:
+        first: dict[str, date] = {}
+        for currency, day in missing:
+            first[currency] = min(day, first.get(currency, day))
+        self.missing = sorted(first.items())
+        super().__init__(", ".join(f"{currency} from {day}" for currency, day in self.missing))
+
+
+def account_summary(
+    session: Session,
+    *,
+    livemode: bool,
+    month: date,
+    rates: RateTable | None,
+    reporting_currency: str,
+    today: date,
+) -> list[dict[str, object]]:
+    """The month's KPIs: one summary in a single currency when the account has one
+    (or rates convert them), else one per currency. Each carries its FX adjustment."""
+    currencies = account_currencies(session, livemode=livemode) or [reporting_currency]
+    if rates is None or currencies == [reporting_currency]:
+        summaries = []
+        for currency in currencies:
+            result = kpis(month_figures(session, livemode=livemode, month=month, currency=currency, today=today))
+            result["fx_adjustment"] = 0
+            summaries.append(result)
+        return summaries
+    figures = [month_figures(session, livemode=livemode, month=month, currency=c, today=today) for c in currencies]
+    combined = _converted(figures, rates, reporting_currency, today)
+    [series] = mrr_series(
+        session,
+        livemode=livemode,
+        start=month,
+        end=min(next_month(month) - timedelta(days=1), today),
+        interval="month",
+        rates=rates,
+        reporting_currency=reporting_currency,
+    )
+    if series.missing_rates:
+        raise MissingRates(series.missing_rates)
+    [bridge] = series.buckets
+    moved = {kind: int(amount or 0) for kind, amount in bridge.movements.items()}
+    combined = replace(
+        combined,
+        new=moved["new"],
+        expansion=moved["expansion"],
+        contraction=moved["contraction"],
+        churn=moved["churn"],
+        reactivation=moved["reactivation"],
+    )
+    result = kpis(combined)
+    result["fx_adjustment"] = (bridge.mrr or 0) - (bridge.mrr_start or 0) - sum(moved.values())
+    return [result]

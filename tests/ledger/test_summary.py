@@ -151,3 +151,52 @@ def test_movements_are_paged_with_a_cursor(db: Database) -> None:
         churns = movements_page(session, livemode=False, types=["churn"]).movements
     assert len(seen) == len(set(seen)) == 6
     assert [(m.customer_id, m.amount) for m in churns] == [("cus_b", -20000)]
+
+
+def test_a_two_currency_account_is_summed_in_the_reporting_currency(db: Database) -> None:
+    from ledger.fx import load_rates
+    from ledger.summary import account_summary
+
+    account(db)
+    euro = subscription(
+        item(price(10000, currency="eur")), start=utc(1, 5), customer="cus_e", sub_id="sub_e", currency="eur"
+    )
+    with db.transaction() as session:
+        record_subscription(session, euro, observed_at=utc(1, 5), source="evt_e")
+        recompute_customers(session, ["cus_e"], RuleSettings(), now=NOW)
+    rates = load_rates("date,currency,rate\n2024-01-01,eur,1.10\n2024-03-10,eur,1.20\n")
+    with db.session() as session:
+        [march] = account_summary(
+            session, livemode=False, month=date(2024, 3, 1), rates=rates, reporting_currency="usd", today=NOW.date()
+        )
+        separate = account_summary(
+            session, livemode=False, month=date(2024, 3, 1), rates=None, reporting_currency="usd", today=NOW.date()
+        )
+    assert (march["currency"], march["mrr_start"], march["mrr"]) == ("usd", 30000 + 11000, 23000 + 12000)
+    assert march["customers"] == 4
+    assert march["fx_adjustment"] == 1000  # €100 at 1.10 then 1.20: what the rate moved, not a movement
+    assert march["mrr"] == march["mrr_start"] + march["net_new"] + march["fx_adjustment"]
+    assert [(s["currency"], s["mrr"]) for s in separate] == [("usd", 23000), ("eur", 10000)]
+
+
+def test_a_missing_rate_is_named_not_assumed(db: Database) -> None:
+    from ledger.fx import load_rates
+    from ledger.summary import MissingRates, account_summary
+
+    account(db)
+    pound = subscription(
+        item(price(5000, currency="gbp")), start=utc(1, 5), customer="cus_g", sub_id="sub_g", currency="gbp"
+    )
+    with db.transaction() as session:
+        record_subscription(session, pound, observed_at=utc(1, 5), source="evt_g")
+        recompute_customers(session, ["cus_g"], RuleSettings(), now=NOW)
+    with db.session() as session, pytest.raises(MissingRates) as missing:
+        account_summary(
+            session,
+            livemode=False,
+            month=date(2024, 3, 1),
+            rates=load_rates("date,currency,rate\n2024-01-01,eur,1.1\n"),
+            reporting_currency="usd",
+            today=NOW.date(),
+        )
+    assert missing.value.missing == [("gbp", date(2024, 2, 29))]
