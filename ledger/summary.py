@@ -314,3 +314,11 @@ def account_summary(
     result = kpis(combined)
     result["fx_adjustment"] = (bridge.mrr or 0) - (bridge.mrr_start or 0) - sum(moved.values())
     return [result]
+
+
+def default_livemode(session: Session, configured: bool | None) -> bool:
+    """Which ledger to show: the API key's mode, else live if there is live data, else test."""
+    if configured is not None:
+        return configured
+    live = session.scalar(select(CustomerMonthly.customer_id).where(CustomerMonthly.livemode.is_(True)).limit(1))
+    return live is not None

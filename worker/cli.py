@@ -220,6 +220,53 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         db.dispose()
 
 
+def _month(value: str) -> date:
+    try:
+        return datetime.strptime(value, "%Y-%m").date()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a month (YYYY-MM)") from None
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from ledger.db import utcnow
+    from ledger.fx import load_rates
+    from ledger.summary import MissingRates, account_summary, default_livemode
+    from webapp.report import render_csv, render_json, render_table
+
+    settings = _settings()
+    today = utcnow().date()
+    month = args.month or today.replace(day=1)
+    rates = (
+        load_rates(settings.fx_rates_file, reporting_currency=settings.reporting_currency)
+        if settings.fx_rates_file
+        else None
+    )
+    db = Database(settings.database_url)
+    try:
+        with db.session() as session:
+            summaries = account_summary(
+                session,
+                livemode=default_livemode(session, settings.livemode),
+                month=month,
+                rates=rates,
+                reporting_currency=settings.reporting_currency,
+                today=today,
+            )
+    except MissingRates as exc:
+        raise CommandError(f"FX_RATES_FILE lacks rates for {exc}") from None
+    finally:
+        db.dispose()
+    if args.format == "json":
+        print(render_json(summaries))
+    elif args.format == "csv":
+        print(render_csv(summaries), end="")
+    else:
+        render_table(summaries, Console())
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from worker.local import serve
 
@@ -257,6 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     rebuild = commands.add_parser("rebuild", help="recompute the ledger from stored data (after a rule change)")
     rebuild.set_defaults(handler=cmd_rebuild)
+
+    report = commands.add_parser("report", help="the month's KPIs and movement bridge")
+    report.add_argument("--month", type=_month, help="YYYY-MM (default: this month)")
+    report.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    report.set_defaults(handler=cmd_report)
 
     serve = commands.add_parser("serve", help="web, worker and clock on this machine (embedded Redis)")
     serve.add_argument("--port", type=int, default=8000)

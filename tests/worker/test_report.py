@@ -1,0 +1,52 @@
+"""`subledger report`: the month's KPIs in the terminal, as JSON and as CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+
+from ledger.db import Database
+from tests.ledger.sample_account import account
+from worker.cli import main
+
+
+@pytest.fixture
+def env(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", db.url)
+    for name in ("STRIPE_API_KEY", "FX_RATES_FILE", "REPORTING_CURRENCY"):
+        monkeypatch.delenv(name, raising=False)
+    account(db)
+
+
+def test_json_report_has_every_kpi(env: None, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "--month", "2024-03", "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["month"], report["currency"], report["mrr"], report["churn"]) == ("2024-03", "usd", 23000, -20000)
+    assert report["nrr"] == 0.5
+    assert report["grr"] == pytest.approx(0.333333)
+    assert report["fx_adjustment"] == 0
+
+
+def test_csv_report_is_one_row_with_a_header(env: None, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "--month", "2024-03", "--format", "csv"]) == 0
+    [row] = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert (row["mrr_start"], row["mrr"], row["quick_ratio"]) == ("30000", "23000", "0.65")
+
+
+def test_table_report_shows_the_bridge_and_kpis(env: None, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "--month", "2024-03"]) == 0
+    out = capsys.readouterr().out
+    for text in ("MRR bridge 2024-03 (USD)", "300.00 USD", "-200.00 USD", "230.00 USD", "nrr", "50.00%", "0.65x"):
+        assert text in out
+
+
+def test_a_bad_month_is_one_line(env: None, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["report", "--month", "March"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "subledger: argument --month: 'March' is not a month (YYYY-MM) (see `subledger report --help`)"
+    ]
