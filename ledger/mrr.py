@@ -462,6 +462,13 @@ def _licensed_period(rate: StripeObject) -> tuple[str, int] | None:
     if "interval" in rate:  # a legacy plan: always recurring
         recurring: StripeObject = rate
     else:
+        if "type" not in rate and "recurring" not in rate:
+            # Only an id (e.g. an invoice line's price): whether it is recurring is unknown.
+            raise UnresolvedStripeObject(
+                f"price {_id(rate)} is only an id: fetch the price and call again",
+                object_id=_id(rate),
+                missing="price",
+            )
         if rate.get("type") == "one_time" or not isinstance(rate.get("recurring"), Mapping):
             return None
         recurring = rate["recurring"]

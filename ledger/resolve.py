@@ -43,6 +43,11 @@ def _resolve_discounts(entries: list[Any], lookup: Lookup) -> list[Any]:
 
 def _resolve_price(item: dict[str, Any], lookup: Lookup) -> None:
     price = item.get("price")
+    if isinstance(price, dict) and "type" not in price and "recurring" not in price:
+        stored = lookup(str(price.get("id")))
+        if stored is not None:
+            item["price"] = dict(stored)
+        return
     if isinstance(price, dict) and price.get("billing_scheme") == "tiered" and price.get("tiers") is None:
         stored = lookup(str(price.get("id")))
         if stored is not None and stored.get("tiers") is not None:

@@ -58,7 +58,7 @@ def _store_fetched_subscription(session: Session, api: StripeAPI, subscription: 
 def fetch_missing(session: Session, api: StripeAPI, customer_id: str, missing: UnresolvedStripeObject) -> None:
     """Fetch the object `missing` names (or what carries it) and store it."""
     now = utcnow()
-    if missing.missing == "tiers":
+    if missing.missing in ("tiers", "price"):
         record_object(session, api.price(missing.object_id), observed_at=now)
         return
     if missing.object_id.startswith(("coupon_", "co_")) or missing.missing == "percent_off/amount_off":

@@ -916,3 +916,25 @@ def test_breakpoints_need_discount_objects_too() -> None:
 def test_naive_instant_is_rejected() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         subscription_mrr(current_subscription(), datetime(2024, 2, 10), IGNORE)
+
+
+def test_a_price_given_only_by_id_is_unresolved() -> None:
+    from ledger.resolve import resolve_subscription
+
+    payload = {
+        "id": "sub_x",
+        "currency": "usd",
+        "items": {"data": [{"id": "si_1", "price": {"id": "price_9"}, "quantity": 1}]},
+    }
+    with pytest.raises(UnresolvedStripeObject) as raised:
+        subscription_mrr(payload, datetime(2024, 1, 1, tzinfo=UTC), RuleSettings())
+    assert (raised.value.object_id, raised.value.missing) == ("price_9", "price")
+    stored = {
+        "id": "price_9",
+        "type": "recurring",
+        "currency": "usd",
+        "unit_amount": 700,
+        "recurring": {"interval": "month", "interval_count": 1, "usage_type": "licensed"},
+    }
+    filled = resolve_subscription(payload, {"price_9": stored}.get)
+    assert subscription_mrr(filled, datetime(2024, 1, 1, tzinfo=UTC), RuleSettings()).net == 700
