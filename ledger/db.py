@@ -164,3 +164,23 @@ def upsert_newer(session: Session, model: type[Any], rows: list[dict[str, Any]],
         where=model.__table__.c[version] <= statement.excluded[version],
     )
     session.execute(statement, rows)
+
+
+def add_to_rows(
+    session: Session, model: type[Any], rows: list[dict[str, Any]], *, key: list[str], sums: list[str]
+) -> None:
+    """Insert rows, or add their `sums` columns to the stored row with the same key.
+
+    The addition happens in the database (`SET amount = amount + excluded.amount`),
+    so concurrent writers never lose each other's increments. Rows are applied
+    in key order, so two writers lock them in the same order.
+    """
+    if not rows:
+        return
+    rows = sorted(rows, key=lambda row: tuple(str(row[column]) for column in key))
+    statement = _insert(session)(model)
+    table = model.__table__
+    statement = statement.on_conflict_do_update(
+        index_elements=key, set_={column: table.c[column] + statement.excluded[column] for column in sums}
+    )
+    session.execute(statement, rows)

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
+from ledger.db import add_to_rows
 from ledger.models import (
     Customer,
     CustomerMonthly,
+    DailyTotal,
     Movement,
     StripeEvent,
     StripeObject,
@@ -162,7 +164,15 @@ def recompute_customers(
     stale: list[int] = []
     new_rows: list[dict[str, Any]] = []
     results: list[Recomputed] = []
+    totals: dict[tuple[bool, str, date, str], list[int]] = {}
+
+    def count(livemode: bool, currency: str, day: date, kind: str, amount: int, movements: int) -> None:
+        total = totals.setdefault((livemode, currency, day, kind), [0, 0])
+        total[0] += amount
+        total[1] += movements
+
     for customer_id in customer_ids:
+        livemode = livemodes.get(customer_id, False)
         wanted = {_movement_key(movement): movement for movement in computed[customer_id]}
         kept: set[tuple[Any, ...]] = set()
         removed = 0
@@ -172,10 +182,13 @@ def recompute_customers(
             else:
                 stale.append(movement_id)
                 removed += 1
+                count(livemode, key[0], key[1], key[3], -key[4], -1)
         added = [movement for key, movement in wanted.items() if key not in kept]
+        for movement in added:
+            count(livemode, movement.currency, movement.day, str(movement.type), movement.amount, 1)
         new_rows.extend(
             {
-                "livemode": livemodes.get(customer_id, False),
+                "livemode": livemode,
                 "customer_id": customer_id,
                 "currency": movement.currency,
                 "day": movement.day,
@@ -195,6 +208,17 @@ def recompute_customers(
         session.execute(delete(Movement).where(Movement.id.in_(stale)))
     if new_rows:
         session.execute(insert(Movement), new_rows)
+    add_to_rows(
+        session,
+        DailyTotal,
+        [
+            {"livemode": lm, "currency": cur, "day": day, "type": kind, "amount": amount, "movements": n}
+            for (lm, cur, day, kind), (amount, n) in totals.items()
+            if amount or n
+        ],
+        key=["livemode", "currency", "day", "type"],
+        sums=["amount", "movements"],
+    )
     _store_months(session, customer_ids, livemodes, computed, changes, snapshots, now)
     return results
 
@@ -260,3 +284,21 @@ def customers_with_snapshots(session: Session) -> Iterable[str]:
     return session.scalars(
         select(SubscriptionSnapshot.customer_id).distinct().order_by(SubscriptionSnapshot.customer_id)
     ).all()
+
+
+def resum_daily_totals(session: Session) -> None:
+    """Recompute the daily totals from the movements themselves (`subledger rebuild`)."""
+    session.execute(delete(DailyTotal))
+    session.execute(
+        insert(DailyTotal).from_select(
+            ["livemode", "currency", "day", "type", "amount", "movements"],
+            select(
+                Movement.livemode,
+                Movement.currency,
+                Movement.day,
+                Movement.type,
+                func.sum(Movement.amount),
+                func.count(),
+            ).group_by(Movement.livemode, Movement.currency, Movement.day, Movement.type),
+        )
+    )

@@ -292,3 +292,21 @@ class CustomerMonthly(Base):
     """The customer's cohort: month of its first positive MRR."""
 
     __table_args__ = (Index("ix_customer_months_month", "livemode", "month"),)
+
+
+class DailyTotal(Base):
+    """All customers' movements of one type on one day, summed and counted.
+
+    Kept by the engine as it replaces movements (add what is booked, subtract
+    what is removed), so MRR over time reads a few thousand rows however many
+    movements there are. `subledger rebuild` re-sums it from the movements.
+    """
+
+    __tablename__ = "daily_totals"
+
+    livemode: Mapped[bool] = mapped_column(primary_key=True)
+    currency: Mapped[str] = mapped_column(String(3), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    type: Mapped[str] = mapped_column(String(16), primary_key=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    movements: Mapped[int] = mapped_column(Integer)

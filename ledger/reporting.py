@@ -1,7 +1,7 @@
 """MRR and its movement bridge over time, in the reporting currency (mrr-rules.md §6–§7).
 
-Summed in SQL (movements grouped by day, currency and type, plus one opening
-balance per currency), never by loading movements one by one. Each day's
+Read from the daily totals the engine keeps (`daily_totals`: one row per day,
+currency and movement type), never by loading movements one by one. Each day's
 movement sums convert at that day's rate, each bucket's closing MRR at its last
 day's rate; what the rates moved in between is the bucket's FX adjustment, on
 its own line. Without a needed rate the converted figures are None and the
@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ledger.fx import RateTable, convert
-from ledger.models import Movement
+from ledger.models import DailyTotal
 
 MOVEMENT_TYPES = ("new", "expansion", "reactivation", "contraction", "churn")
 Interval = Literal["day", "week", "month"]
@@ -39,6 +39,8 @@ class Bucket:
     """At the end of the day before the bucket."""
     movements: dict[str, int | None]
     fx_adjustment: int | None
+    customers: int = 0
+    """Paying customers at the end of the bucket (per currency they pay in)."""
 
     @property
     def net_new(self) -> int | None:
@@ -81,26 +83,38 @@ def buckets(start: date, end: date, interval: Interval) -> Iterator[tuple[date, 
         current = last + timedelta(days=1)
 
 
-def _native(
-    session: Session, *, livemode: bool, start: date, end: date
-) -> tuple[dict[str, int], dict[date, dict[str, dict[str, int]]]]:
-    """Opening MRR per currency (end of the day before `start`) and movement sums per day."""
-    opening = {
-        currency: int(total)
-        for currency, total in session.execute(
-            select(Movement.currency, func.sum(Movement.amount))
-            .where(Movement.livemode == livemode, Movement.day < start)
-            .group_by(Movement.currency)
-        )
-    }
-    daily: dict[date, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(dict))
-    for day, currency, kind, total in session.execute(
-        select(Movement.day, Movement.currency, Movement.type, func.sum(Movement.amount))
-        .where(Movement.livemode == livemode, Movement.day >= start, Movement.day <= end)
-        .group_by(Movement.day, Movement.currency, Movement.type)
+JOINS = {"new": 1, "reactivation": 1, "churn": -1}
+"""How a movement type changes the number of paying customers."""
+
+
+@dataclass
+class _Native:
+    opening: dict[str, int]
+    """MRR per currency at the end of the day before the range."""
+    customers: dict[str, int]
+    """Paying customers per currency at the same moment."""
+    daily: dict[date, dict[str, dict[str, tuple[int, int]]]]
+    """day → currency → type → (amount, movements)."""
+
+
+def _native(session: Session, *, livemode: bool, start: date, end: date) -> _Native:
+    opening: dict[str, int] = defaultdict(int)
+    customers: dict[str, int] = defaultdict(int)
+    for currency, kind, amount, count in session.execute(
+        select(DailyTotal.currency, DailyTotal.type, func.sum(DailyTotal.amount), func.sum(DailyTotal.movements))
+        .where(DailyTotal.livemode == livemode, DailyTotal.day < start)
+        .group_by(DailyTotal.currency, DailyTotal.type)
     ):
-        daily[day][currency][kind] = int(total)
-    return opening, daily
+        opening[currency] += int(amount)
+        customers[currency] += JOINS.get(kind, 0) * int(count)
+    daily: dict[date, dict[str, dict[str, tuple[int, int]]]] = defaultdict(lambda: defaultdict(dict))
+    for day, currency, kind, amount, count in session.execute(
+        select(DailyTotal.day, DailyTotal.currency, DailyTotal.type, DailyTotal.amount, DailyTotal.movements).where(
+            DailyTotal.livemode == livemode, DailyTotal.day >= start, DailyTotal.day <= end
+        )
+    ):
+        daily[day][currency][kind] = (int(amount), int(count))
+    return _Native(dict(opening), dict(customers), daily)
 
 
 def mrr_series(
@@ -115,82 +129,64 @@ def mrr_series(
 ) -> list[Series]:
     """The MRR series: one in the reporting currency when rates are given (or the
     account has one currency), else one per currency."""
-    opening, daily = _native(session, livemode=livemode, start=start, end=end)
-    currencies = sorted(set(opening) | {c for per_day in daily.values() for c in per_day})
+    native = _native(session, livemode=livemode, start=start, end=end)
+    currencies = sorted(set(native.opening) | {c for per_day in native.daily.values() for c in per_day})
     if rates is None and len(currencies) > 1:
-        return [_one_currency(c, opening, daily, start, end, interval) for c in currencies]
+        return [_series(native, [c], c, start, end, interval, None) for c in currencies]
     if rates is None or currencies in ([], [reporting_currency]):
         only = currencies[0] if currencies else reporting_currency
-        return [_one_currency(only, opening, daily, start, end, interval)]
-    return [_converted(currencies, opening, daily, start, end, interval, rates, reporting_currency)]
+        return [_series(native, [only], only, start, end, interval, None)]
+    return [_series(native, currencies, reporting_currency, start, end, interval, rates)]
 
 
-def _one_currency(
-    currency: str,
-    opening: dict[str, int],
-    daily: dict[date, dict[str, dict[str, int]]],
-    start: date,
-    end: date,
-    interval: Interval,
-) -> Series:
-    mrr = opening.get(currency, 0)
-    result = []
-    for first, last in buckets(start, end, interval):
-        sums = dict.fromkeys(MOVEMENT_TYPES, 0)
-        mrr_start = mrr
-        day = first
-        while day <= last:
-            for kind, amount in daily.get(day, {}).get(currency, {}).items():
-                sums[kind] += amount
-                mrr += amount
-            day += timedelta(days=1)
-        result.append(Bucket(first, last, currency, mrr, mrr_start, dict(sums), 0))
-    return Series(currency, result, frozenset(), (currency,))
-
-
-def _converted(
+def _series(
+    native: _Native,
     currencies: list[str],
-    opening: dict[str, int],
-    daily: dict[date, dict[str, dict[str, int]]],
+    currency: str,
     start: date,
     end: date,
     interval: Interval,
-    rates: RateTable,
-    reporting_currency: str,
+    rates: RateTable | None,
 ) -> Series:
-    native = dict.fromkeys(currencies, 0) | opening
+    """Walk the days once, keeping native MRR per currency, converting when rates are given."""
+    mrr = {c: native.opening.get(c, 0) for c in currencies}
+    customers = sum(native.customers.get(c, 0) for c in currencies)
     missing: dict[str, date] = {}
 
-    def at_rate(amount: int, currency: str, day: date) -> int | None:
-        converted = convert(amount, currency, day, rates)
+    def at_rate(amount: int, from_currency: str, day: date) -> int | None:
+        if rates is None or not amount:
+            return amount
+        converted = convert(amount, from_currency, day, rates)
         if converted is None:
-            missing[currency] = min(day, missing.get(currency, day))
+            missing[from_currency] = min(day, missing.get(from_currency, day))
         return converted
 
     def total(day: date) -> int | None:
-        parts = [at_rate(amount, currency, day) for currency, amount in native.items() if amount]
-        return None if any(p is None for p in parts) else sum(p for p in parts if p is not None)
+        parts = [at_rate(amount, c, day) for c, amount in mrr.items()]
+        return None if None in parts else sum(p for p in parts if p is not None)
 
     result = []
     closing = total(start - timedelta(days=1))
     for first, last in buckets(start, end, interval):
         sums: dict[str, int | None] = dict.fromkeys(MOVEMENT_TYPES, 0)
-        mrr_start = closing
+        opening = closing
         day = first
         while day <= last:
-            for currency, kinds in daily.get(day, {}).items():
-                for kind, amount in kinds.items():
-                    native[currency] += amount
-                    converted = at_rate(amount, currency, day)
-                    current = sums[kind]
-                    sums[kind] = None if converted is None or current is None else current + converted
+            for from_currency, kinds in native.daily.get(day, {}).items():
+                if from_currency not in mrr:
+                    continue
+                for kind, (amount, count) in kinds.items():
+                    mrr[from_currency] += amount
+                    customers += JOINS.get(kind, 0) * count
+                    converted, so_far = at_rate(amount, from_currency, day), sums.get(kind, 0)
+                    sums[kind] = None if converted is None or so_far is None else so_far + converted
             day += timedelta(days=1)
         closing = total(last)
-        moved = [v for v in sums.values()]
+        moved = list(sums.values())
         fx = (
             None
-            if closing is None or mrr_start is None or any(v is None for v in moved)
-            else closing - mrr_start - sum(v for v in moved if v is not None)
+            if closing is None or opening is None or None in moved
+            else closing - opening - sum(v for v in moved if v is not None)
         )
-        result.append(Bucket(first, last, reporting_currency, closing, mrr_start, sums, fx))
-    return Series(reporting_currency, result, frozenset(missing.items()), tuple(currencies))
+        result.append(Bucket(first, last, currency, closing, opening, sums, fx, customers))
+    return Series(currency, result, frozenset(missing.items()), tuple(currencies))

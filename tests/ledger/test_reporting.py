@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime
 import pytest
 
 from ledger.db import Database
+from ledger.engine import resum_daily_totals
 from ledger.fx import load_rates
 from ledger.models import Movement
 from ledger.reporting import buckets, mrr_series
@@ -35,6 +36,7 @@ def book(db: Database, *rows: tuple[str, str, str, str, int]) -> None:
                     computed_at=NOW,
                 )
             )
+        resum_daily_totals(session)
 
 
 def series(db: Database, start: str, end: str, interval: str = "month", rates=None):
@@ -61,7 +63,7 @@ def test_single_currency_series_is_the_running_sum_of_movements(db: Database) ->
     [usd] = series(db, "2024-01-01", "2024-02-29")
     assert usd.currency == "usd"
     january, february = usd.buckets
-    assert (january.mrr_start, january.mrr, january.net_new) == (5000, 20000, 15000)
+    assert (january.mrr_start, january.mrr, january.net_new, january.customers) == (5000, 20000, 15000, 2)
     assert january.movements == {"new": 10000, "expansion": 5000, "reactivation": 0, "contraction": 0, "churn": 0}
     assert (february.mrr_start, february.mrr, february.movements["churn"], february.fx_adjustment) == (
         20000,

@@ -21,8 +21,9 @@ from rq import Worker
 from sqlalchemy import delete, select, text
 
 from ledger.db import Database, utcnow
+from ledger.engine import resum_daily_totals
 from ledger.intake import store_event
-from ledger.models import Movement, StripeEvent, SubscriptionChange
+from ledger.models import DailyTotal, Movement, StripeEvent, SubscriptionChange
 from ledger.settings import RuleSettings, Settings
 from tests.ledger.subscription_payloads import item, price, subscription, ts, utc
 from tests.stripe_payloads import current_event, event_2020, signed
@@ -208,6 +209,14 @@ def test_missing_discount_without_api_key_is_retried_with_a_clear_error(client, 
     assert movements(db) == []
 
 
+def daily_totals(db: Database) -> list[tuple[Any, ...]]:
+    with db.session() as session:
+        rows = session.scalars(
+            select(DailyTotal).where(DailyTotal.movements != 0).order_by(DailyTotal.day, DailyTotal.type)
+        )
+        return [(t.currency, t.day, t.type, t.amount, t.movements) for t in rows]
+
+
 def ledger_rows(db: Database) -> list[tuple[Any, ...]]:
     return [row[:6] for row in movements(db)]
 
@@ -249,6 +258,11 @@ def test_two_worker_processes_give_the_same_ledger_as_one(
         assert set(session.scalars(select(StripeEvent.status))) == {"processed"}
     two_workers = ledger_rows(db)
     assert len(two_workers) == 40 + 40 + 20
+    # The totals both workers incremented concurrently equal the movements re-summed.
+    kept_by_workers = daily_totals(db)
+    with db.transaction() as session:
+        resum_daily_totals(session)
+    assert daily_totals(db) == kept_by_workers
 
     # The same ledger computed again by one process from the stored state.
     with db.transaction() as session:
