@@ -15,11 +15,12 @@ from dataclasses import dataclass, fields
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import case, delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from ledger.db import add_to_rows
 from ledger.models import (
+    AccountMonth,
     Customer,
     CustomerMonthly,
     DailyTotal,
@@ -33,7 +34,7 @@ from ledger.movements import Movement as ComputedMovement
 from ledger.movements import customer_movements
 from ledger.ordering import TiedVersion, needs_current_state, settle_order
 from ledger.resolve import resolve_subscription
-from ledger.rollup import CustomerMonth, customer_months
+from ledger.rollup import ACCOUNT_SUMS, CustomerMonth, account_contribution, customer_months
 from ledger.settings import RuleSettings
 from ledger.state import RANK_RECONCILE
 from ledger.timeline import Change, Snapshot, subscription_changes
@@ -247,20 +248,43 @@ def _store_months(
         (row.customer_id, row.currency, row.month): row
         for row in session.scalars(select(CustomerMonthly).where(CustomerMonthly.customer_id.in_(customer_ids)))
     }
+    deltas: dict[tuple[bool, str, date], dict[str, int]] = {}
+
+    def shift(livemode: bool, currency: str, month: date, contribution: dict[str, int], sign: int) -> None:
+        delta = deltas.setdefault((livemode, currency, month), dict.fromkeys(ACCOUNT_SUMS, 0))
+        for name, value in contribution.items():
+            delta[name] += sign * value
+
     for key, gone in stored.items():
         if key not in wanted:
+            shift(gone.livemode, gone.currency, gone.month, account_contribution(gone), -1)
             session.delete(gone)
     fresh: list[dict[str, Any]] = []
     for key, month in wanted.items():
+        livemode = livemodes.get(month.customer_id, False)
         values = {name: getattr(month, name) for name in _MONTH_FIELDS}
         row = stored.get(key)
         if row is None:
-            fresh.append(values | {"livemode": livemodes.get(month.customer_id, False)})
+            fresh.append(values | {"livemode": livemode})
+            shift(livemode, month.currency, month.month, account_contribution(month), 1)
         elif any(getattr(row, name) != value for name, value in values.items()):
+            shift(livemode, month.currency, month.month, account_contribution(row), -1)
+            shift(livemode, month.currency, month.month, account_contribution(month), 1)
             for name, value in values.items():
                 setattr(row, name, value)
     if fresh:
         session.execute(insert(CustomerMonthly), fresh)
+    add_to_rows(
+        session,
+        AccountMonth,
+        [
+            {"livemode": livemode, "currency": currency, "month": month} | delta
+            for (livemode, currency, month), delta in deltas.items()
+            if any(delta.values())
+        ],
+        key=["livemode", "currency", "month"],
+        sums=list(ACCOUNT_SUMS),
+    )
 
 
 def recompute_customer(session: Session, customer_id: str, rules: RuleSettings, *, now: datetime) -> Recomputed:
@@ -286,8 +310,51 @@ def customers_with_snapshots(session: Session) -> Iterable[str]:
     ).all()
 
 
+def resum_totals(session: Session) -> None:
+    """Recompute the daily totals and the account's months from the rows they sum (`subledger rebuild`)."""
+    resum_daily_totals(session)
+    rows = CustomerMonthly
+    paying_at_start = rows.mrr_start > 0
+
+    def flag(condition: Any) -> Any:
+        return func.sum(case((condition, 1), else_=0))
+
+    sums = {
+        "mrr_start": func.sum(rows.mrr_start),
+        "mrr": func.sum(rows.mrr),
+        "new": func.sum(rows.new),
+        "expansion": func.sum(rows.expansion),
+        "contraction": func.sum(rows.contraction),
+        "churn": func.sum(rows.churn),
+        "reactivation": func.sum(rows.reactivation),
+        "customers_start": flag(paying_at_start),
+        "customers": flag(rows.mrr > 0),
+        "new_customers": flag(rows.news > 0),
+        "churned_customers": flag(rows.churns > 0),
+        "reactivated_customers": flag(rows.reactivations > 0),
+        "expanded_customers": flag(rows.expansions > 0),
+        "nrr_numerator": func.sum(case((paying_at_start, rows.mrr), else_=0)),
+        "grr_numerator": func.sum(
+            case((paying_at_start, case((rows.mrr < rows.mrr_start, rows.mrr), else_=rows.mrr_start)), else_=0)
+        ),
+        "scheduled_churn": func.sum(rows.scheduled_churn),
+        "trials_ended": func.sum(rows.trials_ended),
+        "trials_converted": func.sum(rows.trials_converted),
+    }
+    assert tuple(sums) == ACCOUNT_SUMS
+    session.execute(delete(AccountMonth))
+    session.execute(
+        insert(AccountMonth).from_select(
+            ["livemode", "currency", "month", *sums],
+            select(rows.livemode, rows.currency, rows.month, *sums.values()).group_by(
+                rows.livemode, rows.currency, rows.month
+            ),
+        )
+    )
+
+
 def resum_daily_totals(session: Session) -> None:
-    """Recompute the daily totals from the movements themselves (`subledger rebuild`)."""
+    """Recompute the daily totals from the movements themselves."""
     session.execute(delete(DailyTotal))
     session.execute(
         insert(DailyTotal).from_select(

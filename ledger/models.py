@@ -276,6 +276,8 @@ class CustomerMonthly(Base):
     month: Mapped[date] = mapped_column(Date, primary_key=True)
     livemode: Mapped[bool]
     mrr: Mapped[int] = mapped_column(BigInteger)
+    mrr_start: Mapped[int] = mapped_column(BigInteger, default=0)
+    """At the end of the previous month: NRR and GRR pair it with `mrr`."""
     new: Mapped[int] = mapped_column(BigInteger)
     expansion: Mapped[int] = mapped_column(BigInteger)
     contraction: Mapped[int] = mapped_column(BigInteger)
@@ -310,3 +312,37 @@ class DailyTotal(Base):
     type: Mapped[str] = mapped_column(String(16), primary_key=True)
     amount: Mapped[int] = mapped_column(BigInteger)
     movements: Mapped[int] = mapped_column(Integer)
+
+
+class AccountMonth(Base):
+    """The whole account's month in one currency: `customer_months` summed.
+
+    Kept by the engine with the same add-the-difference updates as the daily
+    totals, so a month's summary reads one row.
+    """
+
+    __tablename__ = "account_months"
+
+    livemode: Mapped[bool] = mapped_column(primary_key=True)
+    currency: Mapped[str] = mapped_column(String(3), primary_key=True)
+    month: Mapped[date] = mapped_column(Date, primary_key=True)
+    mrr_start: Mapped[int] = mapped_column(BigInteger)
+    mrr: Mapped[int] = mapped_column(BigInteger)
+    new: Mapped[int] = mapped_column(BigInteger)
+    expansion: Mapped[int] = mapped_column(BigInteger)
+    contraction: Mapped[int] = mapped_column(BigInteger)
+    churn: Mapped[int] = mapped_column(BigInteger)
+    reactivation: Mapped[int] = mapped_column(BigInteger)
+    customers_start: Mapped[int] = mapped_column(Integer)
+    customers: Mapped[int] = mapped_column(Integer)
+    new_customers: Mapped[int] = mapped_column(Integer)
+    churned_customers: Mapped[int] = mapped_column(Integer)
+    reactivated_customers: Mapped[int] = mapped_column(Integer)
+    expanded_customers: Mapped[int] = mapped_column(Integer)
+    nrr_numerator: Mapped[int] = mapped_column(BigInteger)
+    """Σ end-of-month MRR of the customers paying at its start."""
+    grr_numerator: Mapped[int] = mapped_column(BigInteger)
+    """Σ min(end, start) MRR of the same customers."""
+    scheduled_churn: Mapped[int] = mapped_column(BigInteger)
+    trials_ended: Mapped[int] = mapped_column(Integer)
+    trials_converted: Mapped[int] = mapped_column(Integer)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 from ledger.movements import Movement
 from ledger.timeline import Change, Snapshot
@@ -26,6 +27,8 @@ class CustomerMonth:
     """First day of the month."""
     mrr: int = 0
     """At the end of the month (for the current month: as of now)."""
+    mrr_start: int = 0
+    """At the end of the previous month."""
     new: int = 0
     expansion: int = 0
     contraction: int = 0
@@ -115,7 +118,7 @@ def customer_months(
     while month <= last:
         in_force = _in_force(changes, _month_end(month, now))
         for currency in currencies:
-            row = CustomerMonth(customer_id, currency, month)
+            row = CustomerMonth(customer_id, currency, month, mrr_start=running[currency])
             for movement in by_month.get(month, []):
                 if movement.currency != currency:
                     continue
@@ -154,3 +157,56 @@ def _worth_keeping(row: CustomerMonth) -> bool:
     return bool(
         row.mrr or row.new or row.expansion or row.contraction or row.churn or row.reactivation or row.trials_ended
     )
+
+
+ACCOUNT_SUMS = (
+    "mrr_start",
+    "mrr",
+    "new",
+    "expansion",
+    "contraction",
+    "churn",
+    "reactivation",
+    "customers_start",
+    "customers",
+    "new_customers",
+    "churned_customers",
+    "reactivated_customers",
+    "expanded_customers",
+    "nrr_numerator",
+    "grr_numerator",
+    "scheduled_churn",
+    "trials_ended",
+    "trials_converted",
+)
+"""The columns of the account's month, each a sum over its customers' months."""
+
+
+def account_contribution(row: Any) -> dict[str, int]:
+    """What one customer's month adds to the account's month (a CustomerMonth or a stored row).
+
+    Every customer paying at the end of the previous month has a row in this
+    one (still paying, or churned in it), so the pairs NRR and GRR need are
+    all here.
+    """
+    paying_at_start = row.mrr_start > 0
+    return {
+        "mrr_start": row.mrr_start,
+        "mrr": row.mrr,
+        "new": row.new,
+        "expansion": row.expansion,
+        "contraction": row.contraction,
+        "churn": row.churn,
+        "reactivation": row.reactivation,
+        "customers_start": int(paying_at_start),
+        "customers": int(row.mrr > 0),
+        "new_customers": int(row.news > 0),
+        "churned_customers": int(row.churns > 0),
+        "reactivated_customers": int(row.reactivations > 0),
+        "expanded_customers": int(row.expansions > 0),
+        "nrr_numerator": row.mrr if paying_at_start else 0,
+        "grr_numerator": min(row.mrr, row.mrr_start) if paying_at_start else 0,
+        "scheduled_churn": row.scheduled_churn,
+        "trials_ended": row.trials_ended,
+        "trials_converted": row.trials_converted,
+    }

@@ -1,4 +1,4 @@
-"""A month's KPIs (mrr-rules.md §8), summed in SQL from the monthly rollup.
+"""A month's KPIs (mrr-rules.md §8), read from the account's monthly totals.
 
 One currency at a time: the caller picks the account's currency, or converts
 (see `ledger.reporting` for the bridge with its FX adjustment). Rates are
@@ -10,16 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from fractions import Fraction
-from typing import Any
 
-from sqlalchemy import and_, case, func, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from ledger import metrics
 from ledger.fx import RateTable, convert
-from ledger.models import CustomerMonthly
+from ledger.models import AccountMonth, CustomerMonthly, DailyTotal
 from ledger.reporting import mrr_series
-from ledger.rollup import next_month
+from ledger.rollup import ACCOUNT_SUMS, next_month
 
 LTV_MONTHS = 6
 """LTV divides by the average customer churn rate of this many full months."""
@@ -57,58 +56,25 @@ class MonthFigures:
     """Customer churn rates of the LTV window's months, oldest first."""
 
 
-def _sum(column: Any, month: date) -> Any:
-    return func.coalesce(func.sum(case((CustomerMonthly.month == month, column), else_=0)), 0)
-
-
-def _count(condition: Any) -> Any:
-    return func.count(func.distinct(case((condition, CustomerMonthly.customer_id), else_=None)))
-
-
 def month_figures(session: Session, *, livemode: bool, month: date, currency: str, today: date) -> MonthFigures:
-    """Everything §8 needs about `month` in `currency`, in three queries."""
-    before = previous_month(month)
-    rows = CustomerMonthly
-    scoped = [rows.livemode == livemode, rows.currency == currency]
-    columns: dict[str, Any] = {
-        "mrr_start": _sum(rows.mrr, before),
-        "mrr": _sum(rows.mrr, month),
-        "customers_start": _count(and_(rows.month == before, rows.mrr > 0)),
-        "customers": _count(and_(rows.month == month, rows.mrr > 0)),
-        "new": _sum(rows.new, month),
-        "expansion": _sum(rows.expansion, month),
-        "contraction": _sum(rows.contraction, month),
-        "churn": _sum(rows.churn, month),
-        "reactivation": _sum(rows.reactivation, month),
-        "new_customers": _count(and_(rows.month == month, rows.news > 0)),
-        "churned_customers": _count(and_(rows.month == month, rows.churns > 0)),
-        "reactivated_customers": _count(and_(rows.month == month, rows.reactivations > 0)),
-        "expanded_customers": _count(and_(rows.month == month, rows.expansions > 0)),
-        "scheduled_churn": _sum(rows.scheduled_churn, month),
-        "trials_ended": _sum(rows.trials_ended, month),
-        "trials_converted": _sum(rows.trials_converted, month),
+    """Everything §8 needs about `month` in `currency`: one row of the account's months, and its LTV window."""
+    window = _ltv_window(month, today)
+    rows = {
+        row.month: row
+        for row in session.scalars(
+            select(AccountMonth).where(
+                AccountMonth.livemode == livemode,
+                AccountMonth.currency == currency,
+                AccountMonth.month.in_([month, *window]),
+            )
+        )
     }
-    totals = session.execute(
-        select(*(column.label(name) for name, column in columns.items())).where(
-            *scoped, rows.month.in_([before, month])
-        )
-    ).one()
-
-    # NRR and GRR follow the customers who paid at the start of the month.
-    start, end = aliased(CustomerMonthly), aliased(CustomerMonthly)
-    end_mrr = func.coalesce(end.mrr, 0)
-    retained = session.execute(
-        select(
-            func.coalesce(func.sum(end_mrr), 0).label("nrr_numerator"),
-            func.coalesce(func.sum(case((end_mrr < start.mrr, end_mrr), else_=start.mrr)), 0).label("grr_numerator"),
-        )
-        .select_from(start)
-        .outerjoin(end, and_(end.customer_id == start.customer_id, end.currency == start.currency, end.month == month))
-        .where(start.livemode == livemode, start.currency == currency, start.month == before, start.mrr > 0)
-    ).one()
-
-    churn_rates = _monthly_churn_rates(session, livemode=livemode, currency=currency, month=month, today=today)
-    sums = {name: int(value) for name, value in {**totals._mapping, **retained._mapping}.items()}
+    found = rows.get(month)
+    sums = {name: int(getattr(found, name)) if found is not None else 0 for name in ACCOUNT_SUMS}
+    churn_rates = tuple(
+        metrics.customer_churn_rate(row.churned_customers, row.customers_start) if row is not None else None
+        for row in (rows.get(m) for m in window)
+    )
     return MonthFigures(month=month, currency=currency, monthly_churn_rates=churn_rates, **sums)
 
 
@@ -119,33 +85,6 @@ def _ltv_window(month: date, today: date) -> list[date]:
     while len(window) < LTV_MONTHS:
         window.insert(0, previous_month(window[0]))
     return window
-
-
-def _monthly_churn_rates(
-    session: Session, *, livemode: bool, currency: str, month: date, today: date
-) -> tuple[Fraction | None, ...]:
-    window = _ltv_window(month, today)
-    rows = CustomerMonthly
-    counts = {
-        row_month: (int(paying), int(churned))
-        for row_month, paying, churned in session.execute(
-            select(
-                rows.month,
-                func.count(func.distinct(case((rows.mrr > 0, rows.customer_id), else_=None))),
-                func.count(func.distinct(case((rows.churns > 0, rows.customer_id), else_=None))),
-            )
-            .where(
-                rows.livemode == livemode,
-                rows.currency == currency,
-                rows.month >= previous_month(window[0]),
-                rows.month <= window[-1],
-            )
-            .group_by(rows.month)
-        )
-    }
-    return tuple(
-        metrics.customer_churn_rate(counts.get(m, (0, 0))[1], counts.get(previous_month(m), (0, 0))[0]) for m in window
-    )
 
 
 def kpis(figures: MonthFigures) -> dict[str, object]:
@@ -189,12 +128,12 @@ def kpis(figures: MonthFigures) -> dict[str, object]:
 
 
 def account_currencies(session: Session, *, livemode: bool) -> list[str]:
-    """Currencies the ledger has seen, most used first."""
+    """Currencies the ledger has seen, most movements first (read from the small daily totals)."""
     rows = session.execute(
-        select(CustomerMonthly.currency, func.count())
-        .where(CustomerMonthly.livemode == livemode)
-        .group_by(CustomerMonthly.currency)
-        .order_by(func.count().desc(), CustomerMonthly.currency)
+        select(DailyTotal.currency, func.sum(DailyTotal.movements))
+        .where(DailyTotal.livemode == livemode)
+        .group_by(DailyTotal.currency)
+        .order_by(func.sum(DailyTotal.movements).desc(), DailyTotal.currency)
     )
     return [currency for currency, _ in rows]
 

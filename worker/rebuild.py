@@ -1,8 +1,8 @@
 """`subledger rebuild`: recompute every customer's ledger from stored state.
 
 Run it after a rule setting changed: no Stripe import is needed, and running it
-twice changes nothing the second time. It ends by re-summing the daily totals
-from the movements. The clock also runs it daily, so changes
+twice changes nothing the second time. It ends by re-summing the daily and
+monthly account totals from the rows they sum. The clock also runs it daily, so changes
 that happen with the passing of time alone (a past-due grace period running
 out, a repeating discount ending) are booked on their day.
 """
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ledger.db import Database, utcnow
-from ledger.engine import Recomputed, customers_with_snapshots, recompute_customers, resum_daily_totals
+from ledger.engine import Recomputed, customers_with_snapshots, recompute_customers, resum_totals
 from ledger.mrr import UnresolvedStripeObject
 from ledger.settings import Settings
 from worker.recompute import MissingStripeObject, recompute
@@ -59,5 +59,5 @@ def rebuild(db: Database, settings: Settings, *, progress: Callable[[int, int], 
         if progress is not None:
             progress(report.customers, len(customers))
     with db.transaction() as session:
-        resum_daily_totals(session)
+        resum_totals(session)
     return report

@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime
 import pytest
 
 from ledger.db import Database
-from ledger.engine import resum_daily_totals
+from ledger.engine import resum_totals
 from ledger.fx import load_rates
 from ledger.models import Movement
 from ledger.reporting import buckets, mrr_series
@@ -36,7 +36,7 @@ def book(db: Database, *rows: tuple[str, str, str, str, int]) -> None:
                     computed_at=NOW,
                 )
             )
-        resum_daily_totals(session)
+        resum_totals(session)
 
 
 def series(db: Database, start: str, end: str, interval: str = "month", rates=None):

@@ -21,9 +21,10 @@ from rq import Worker
 from sqlalchemy import delete, select, text
 
 from ledger.db import Database, utcnow
-from ledger.engine import resum_daily_totals
+from ledger.engine import resum_totals
 from ledger.intake import store_event
-from ledger.models import DailyTotal, Movement, StripeEvent, SubscriptionChange
+from ledger.models import AccountMonth, DailyTotal, Movement, StripeEvent, SubscriptionChange
+from ledger.rollup import ACCOUNT_SUMS
 from ledger.settings import RuleSettings, Settings
 from tests.ledger.subscription_payloads import item, price, subscription, ts, utc
 from tests.stripe_payloads import current_event, event_2020, signed
@@ -217,6 +218,16 @@ def daily_totals(db: Database) -> list[tuple[Any, ...]]:
         return [(t.currency, t.day, t.type, t.amount, t.movements) for t in rows]
 
 
+def account_months(db: Database) -> list[tuple[Any, ...]]:
+    with db.session() as session:
+        rows = session.scalars(select(AccountMonth).order_by(AccountMonth.currency, AccountMonth.month))
+        return [
+            tuple(getattr(row, name) for name in ("currency", "month", *ACCOUNT_SUMS))
+            for row in rows
+            if row.mrr or row.customers_start or row.new
+        ]
+
+
 def ledger_rows(db: Database) -> list[tuple[Any, ...]]:
     return [row[:6] for row in movements(db)]
 
@@ -258,11 +269,11 @@ def test_two_worker_processes_give_the_same_ledger_as_one(
         assert set(session.scalars(select(StripeEvent.status))) == {"processed"}
     two_workers = ledger_rows(db)
     assert len(two_workers) == 40 + 40 + 20
-    # The totals both workers incremented concurrently equal the movements re-summed.
-    kept_by_workers = daily_totals(db)
+    # The totals both workers incremented concurrently equal the rows they sum, re-summed.
+    kept_by_workers = (daily_totals(db), account_months(db))
     with db.transaction() as session:
-        resum_daily_totals(session)
-    assert daily_totals(db) == kept_by_workers
+        resum_totals(session)
+    assert (daily_totals(db), account_months(db)) == kept_by_workers
 
     # The same ledger computed again by one process from the stored state.
     with db.transaction() as session:
