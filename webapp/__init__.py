@@ -8,7 +8,7 @@ import sys
 from flask import Flask
 
 from ledger.settings import ConfigError, Settings, load_settings
-from webapp import errors, health, services, webhooks
+from webapp import api, errors, health, metrics_api, services, webhooks
 
 MAX_BODY_BYTES = 1024 * 1024
 """Largest request body accepted (Stripe events are far smaller)."""
@@ -30,4 +30,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     errors.init_app(app)
     webhooks.init_app(app)
     health.init_app(app)
+    api.init_app(app)
+    metrics_api.init_app(app)
     return app

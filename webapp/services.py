@@ -8,6 +8,7 @@ from flask import Flask, current_app
 from redis import Redis
 
 from ledger.db import Database
+from ledger.fx import RateTable, load_rates
 from ledger.settings import Settings
 
 REDIS_TIMEOUT_S = 2.0
@@ -19,6 +20,8 @@ class Services:
     settings: Settings
     database: Database
     redis: Redis | None
+    rates: RateTable | None
+    """FX_RATES_FILE, read once (its content was checked when the settings loaded)."""
 
 
 def init_app(app: Flask, settings: Settings) -> None:
@@ -27,7 +30,12 @@ def init_app(app: Flask, settings: Settings) -> None:
         if settings.redis_url
         else None
     )
-    app.extensions["subledger"] = Services(settings, Database(settings.database_url), redis)
+    rates = (
+        load_rates(settings.fx_rates_file, reporting_currency=settings.reporting_currency)
+        if settings.fx_rates_file
+        else None
+    )
+    app.extensions["subledger"] = Services(settings, Database(settings.database_url), redis, rates)
 
 
 def services() -> Services:

@@ -209,13 +209,26 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from ledger.models import DriftItem
+    from webapp.report import money
     from worker.reconcile import reconcile
 
     settings = _settings()
     _require_api_key(settings, "reconcile")
     db = Database(settings.database_url)
     try:
-        return _report_run(reconcile(db, settings))
+        report = reconcile(db, settings)
+        status = _report_run(report)
+        with db.session() as session:
+            drift = session.scalars(select(DriftItem).where(DriftItem.run_id == report.run_id).order_by(DriftItem.id))
+            for item in drift:
+                print(
+                    f"  {item.subscription_id} ({item.customer_id}): ledger {money(item.ledger_mrr, item.currency)}, "
+                    f"Stripe {money(item.stripe_mrr, item.currency)} → {item.action}"
+                )
+        return status
     finally:
         db.dispose()
 
@@ -273,6 +286,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(_settings(), port=args.port, workers=args.workers)
 
 
+def _positive(value: str) -> int:
+    if not (value.isascii() and value.isdigit()) or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number above 0")
+    return int(value)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from worker import demo
+
+    if args.export:
+        return demo.export_account(Path(args.export), customers=args.customers, seed=args.seed)
+    try:
+        return demo.run_demo(
+            os.environ,
+            directory=Path(args.dir),
+            customers=args.customers,
+            seed=args.seed,
+            port=args.port,
+            live=not args.no_live,
+            workers=args.workers,
+            fx=not args.no_fx,
+        )
+    except demo.DemoError as exc:
+        raise CommandError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="subledger", description="Subscription analytics for Stripe.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -314,6 +356,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=2, help="worker processes")
     serve.set_defaults(handler=cmd_serve)
+
+    demo = commands.add_parser("demo", help="the whole system fed by a synthetic Stripe account (no Stripe needed)")
+    demo.add_argument("--customers", type=_positive, default=300, help="size of the account (default 300)")
+    demo.add_argument("--seed", type=int, default=0, help="the same seed gives the same account (default 0)")
+    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--workers", type=_positive, default=2, help="worker processes")
+    demo.add_argument("--no-live", action="store_true", help="deliver the history only, no live activity")
+    demo.add_argument("--no-fx", action="store_true", help="no FX rates: MRR reported per currency")
+    demo.add_argument("--dir", default="subledger-demo", help="demo directory (default ./subledger-demo)")
+    demo.add_argument("--export", metavar="DIR", help="write the account as JSON files in DIR and start nothing")
+    demo.set_defaults(handler=cmd_demo)
     return parser
 
 

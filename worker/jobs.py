@@ -18,6 +18,7 @@ from worker import context, processing
 from worker.defaults import DRAIN_BUDGET_S, STUCK_AFTER_S
 from worker.queues import wake_shard
 from worker.recompute import after_apply_for
+from worker.runs import RunRefused
 
 log = logging.getLogger("subledger.worker")
 
@@ -78,7 +79,10 @@ def reconcile_nightly() -> dict[str, Any]:
     """The clock's nightly reconciliation (RECONCILE_CRON)."""
     from worker.reconcile import reconcile
 
-    report = reconcile(context.database(), context.settings())
+    try:
+        report = reconcile(context.database(), context.settings())
+    except RunRefused as exc:
+        return {"skipped": str(exc)}
     return {"run": report.run_id, "status": report.status.value, "counts": dict(report.counts)}
 
 
@@ -86,5 +90,8 @@ def catch_up_events() -> dict[str, Any]:
     """Read back recent events from Stripe and store those the webhooks missed."""
     from worker.catchup import catch_up
 
-    report = catch_up(context.database(), context.settings(), _connection())
+    try:
+        report = catch_up(context.database(), context.settings(), _connection())
+    except RunRefused as exc:  # the previous catch-up is still reading
+        return {"skipped": str(exc)}
     return {"run": report.run_id, "status": report.status.value, "counts": dict(report.counts)}

@@ -56,20 +56,22 @@ def retry_delay(attempts: int) -> timedelta:
     return timedelta(seconds=min(RETRY_BASE_S * 2 ** max(attempts - 1, 0), RETRY_MAX_S))
 
 
-def _lock_partitions(session: Session, partitions: list[str]) -> list[str]:
-    """Take the partitions' locks for this transaction; those another worker holds are left out.
+def lock_partition(session: Session, partition: str) -> bool:
+    """Take a partition's lock (a customer's) for this transaction; False if someone else holds it.
 
-    PostgreSQL: transaction-scoped advisory locks, released at commit or when a
-    killed worker's connection drops. SQLite: every write transaction already
-    holds the database's single write lock (BEGIN IMMEDIATE).
+    PostgreSQL: a transaction-scoped advisory lock, released at commit or when
+    a killed worker's connection drops; never waits, so it cannot deadlock.
+    SQLite: every write transaction already holds the database's single write
+    lock (BEGIN IMMEDIATE).
     """
     if session.get_bind().dialect.name != "postgresql":
-        return partitions
-    locked = []
-    for partition in partitions:
-        if session.scalar(select(func.pg_try_advisory_xact_lock(func.hashtextextended(partition, 0)))):
-            locked.append(partition)
-    return locked
+        return True
+    return bool(session.scalar(select(func.pg_try_advisory_xact_lock(func.hashtextextended(partition, 0)))))
+
+
+def _lock_partitions(session: Session, partitions: list[str]) -> list[str]:
+    """The partitions whose locks this transaction could take."""
+    return [partition for partition in partitions if lock_partition(session, partition)]
 
 
 def _due(now: datetime) -> list[object]:

@@ -1,0 +1,225 @@
+"""/api/v1 metrics endpoints: contract, parameters, CSV, undefined rates, empty account."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from ledger.db import Database
+from ledger.settings import Settings
+from tests.ledger.sample_account import account
+
+AUTH = {"Authorization": "Bearer test-token"}
+
+
+def get(client: FlaskClient, path: str, **headers: str):
+    return client.get(path, headers=AUTH | headers)
+
+
+@pytest.fixture
+def seeded(client: FlaskClient, db: Database) -> FlaskClient:
+    account(db)
+    return client
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/api/v1/mrr", "/api/v1/movements", "/api/v1/summary", "/api/v1/cohorts", "/api/v1/customers/cus_a"],
+)
+def test_every_endpoint_wants_the_token(client: FlaskClient, path: str) -> None:
+    assert client.get(path).status_code == 401
+    assert client.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 401
+
+
+def test_mrr_monthly_points(seeded: FlaskClient) -> None:
+    body = get(seeded, "/api/v1/mrr?start=2024-01-01&end=2024-04-30&interval=month").get_json()
+    assert (body["currency"], body["interval"], body["missing_rates"]) == ("usd", "month", [])
+    points = {p["date"]: p for p in body["points"]}
+    assert list(points) == ["2024-01-31", "2024-02-29", "2024-03-31", "2024-04-30"]
+    march = points["2024-03-31"]
+    assert (march["mrr"], march["arr"], march["customers"]) == (23000, 276000, 3)
+    assert (march["new"], march["expansion"], march["churn"], march["net_new"], march["fx_adjustment"]) == (
+        8000,
+        5000,
+        -20000,
+        -7000,
+        0,
+    )
+
+
+def test_mrr_daily_and_csv(seeded: FlaskClient) -> None:
+    body = get(seeded, "/api/v1/mrr?start=2024-03-01&end=2024-03-31&interval=day").get_json()
+    assert len(body["points"]) == 31
+    assert body["points"][19]["churn"] == -20000  # 20 March
+    response = get(seeded, "/api/v1/mrr?start=2024-03-01&end=2024-03-31&format=csv")
+    assert response.mimetype == "text/csv"
+    [row] = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
+    assert (row["date"], row["mrr"]) == ("2024-03-31", "23000")
+
+
+@pytest.mark.parametrize(
+    ("query", "error"),
+    [
+        ("start=yesterday", "start must be a date, YYYY-MM-DD (or YYYY-MM)"),
+        ("end=2024-13-01", "end must be a date, YYYY-MM-DD (or YYYY-MM)"),
+        ("interval=year", "interval must be one of day, week, month"),
+        ("start=2024-05-01&end=2024-01-01", "start must not be after end"),
+        (
+            "start=2000-01-01&end=2024-01-01&interval=day",
+            "start to end spans more than 2000 days: use interval=week or month",
+        ),
+        ("format=xml", "format must be json or csv"),
+        ("start=1%27%20OR%201%3D1--", "start must be a date, YYYY-MM-DD (or YYYY-MM)"),
+    ],
+)
+def test_mrr_bad_parameters_are_400_naming_them(seeded: FlaskClient, query: str, error: str) -> None:
+    response = get(seeded, f"/api/v1/mrr?{query}")
+    assert (response.status_code, response.get_json()) == (400, {"error": error})
+
+
+def test_movements_filter_page_and_trace(seeded: FlaskClient) -> None:
+    body = get(seeded, "/api/v1/movements?type=churn").get_json()
+    [churn] = body["data"]
+    assert (churn["customer"], churn["amount"], churn["currency"], churn["amount_reporting"]) == (
+        "cus_b",
+        -20000,
+        "usd",
+        -20000,
+    )
+    assert (churn["mrr_before"], churn["mrr_after"], churn["date"]) == (20000, 0, "2024-03-20")
+    assert churn["sources"] == ["evt_sub_b_0320"]
+    first = get(seeded, "/api/v1/movements?limit=4").get_json()
+    rest = get(seeded, f"/api/v1/movements?limit=4&cursor={first['next_cursor']}").get_json()
+    assert len(first["data"]) + len(rest["data"]) == 6 and rest["next_cursor"] is None
+    assert {m["id"] for m in first["data"]}.isdisjoint(m["id"] for m in rest["data"])
+
+
+@pytest.mark.parametrize(
+    ("query", "error"),
+    [
+        ("type=upgrade", "type must be among new, expansion, reactivation, contraction, churn"),
+        ("limit=0", "limit must be a whole number from 1 to 1000"),
+        ("limit=abc", "limit must be a whole number from 1 to 1000"),
+        ("cursor=garbage", "cursor is not one this API gave out"),
+        ("customer=x&start=2024-02-30", "start must be a date, YYYY-MM-DD (or YYYY-MM)"),
+    ],
+)
+def test_movements_bad_parameters(seeded: FlaskClient, query: str, error: str) -> None:
+    response = get(seeded, f"/api/v1/movements?{query}")
+    assert (response.status_code, response.get_json()) == (400, {"error": error})
+
+
+def test_summary_has_every_key_of_the_interface(seeded: FlaskClient) -> None:
+    body = get(seeded, "/api/v1/summary?month=2024-03").get_json()
+    keys = [
+        "month",
+        "currency",
+        "mrr_start",
+        "mrr",
+        "arr",
+        "customers_start",
+        "customers",
+        "new",
+        "expansion",
+        "contraction",
+        "churn",
+        "reactivation",
+        "net_new",
+        "fx_adjustment",
+        "new_customers",
+        "churned_customers",
+        "reactivated_customers",
+        "mrr_growth_rate",
+        "arpa",
+        "customer_churn_rate",
+        "retention_rate",
+        "gross_mrr_churn_rate",
+        "net_mrr_churn_rate",
+        "expansion_rate",
+        "upsell_rate",
+        "nrr",
+        "grr",
+        "quick_ratio",
+        "ltv",
+        "trial_conversion_rate",
+        "scheduled_churn",
+    ]
+    assert set(keys) <= set(body)
+    assert (body["month"], body["currency"], body["nrr"], body["grr"], body["quick_ratio"]) == (
+        "2024-03",
+        "usd",
+        0.5,
+        0.333333,
+        0.65,
+    )
+
+
+def test_summary_of_an_empty_account_has_null_rates(client: FlaskClient, db: Database) -> None:
+    body = get(client, "/api/v1/summary?month=2024-03").get_json()
+    assert (body["mrr"], body["customers"], body["nrr"], body["arpa"], body["customer_churn_rate"]) == (
+        0,
+        0,
+        None,
+        None,
+        None,
+    )
+
+
+def test_summary_bad_month(seeded: FlaskClient) -> None:
+    response = get(seeded, "/api/v1/summary?month=2024-3-01")
+    assert (response.status_code, response.get_json()) == (400, {"error": "month must be a month, YYYY-MM"})
+
+
+def test_summary_names_missing_rates(
+    settings: Settings, make_app: Callable[[Settings], Flask], db: Database, tmp_path: Path
+) -> None:
+    from ledger.engine import recompute_customers
+    from ledger.settings import RuleSettings
+    from ledger.state import record_subscription
+    from tests.ledger.subscription_payloads import item, price, subscription, utc
+
+    account(db)
+    pound = subscription(
+        item(price(5000, currency="gbp")), start=utc(1, 5), customer="cus_g", sub_id="sub_g", currency="gbp"
+    )
+    with db.transaction() as session:
+        record_subscription(session, pound, observed_at=utc(1, 5), source="evt_g")
+        recompute_customers(session, ["cus_g"], RuleSettings(), now=utc(6, 15))
+    rates = tmp_path / "rates.csv"
+    rates.write_text("date,currency,rate\n2024-01-01,eur,1.1\n")
+    client = make_app(replace(settings, fx_rates_file=rates)).test_client()
+    body = get(client, "/api/v1/summary?month=2024-03").get_json()
+    assert body["missing_rates"] == [{"currency": "gbp", "from": "2024-02-29"}]
+    assert [s["currency"] for s in body["by_currency"]] == ["usd", "gbp"]
+
+
+def test_cohorts_grid(seeded: FlaskClient) -> None:
+    body = get(seeded, "/api/v1/cohorts?start=2024-01&end=2024-04").get_json()
+    assert body["currency"] == "usd"
+    february = next(c for c in body["cohorts"] if c["month"] == "2024-02")
+    assert (february["customers"], february["revenue"]) == (1, 20000)
+    assert [r["customer_retention"] for r in february["retention"]] == [1.0, 0.0, 0.0]
+    rows = list(
+        csv.DictReader(
+            io.StringIO(get(seeded, "/api/v1/cohorts?start=2024-01&end=2024-04&format=csv").get_data(as_text=True))
+        )
+    )
+    assert len(rows) == 4 + 3 + 2
+
+
+def test_customer_page_traces_movements_to_events(seeded: FlaskClient) -> None:
+    body = get(seeded, "/api/v1/customers/cus_a").get_json()
+    assert [(m["type"], m["amount"], m["sources"]) for m in body["movements"]] == [
+        ("new", 10000, ["evt_sub_a_0110"]),
+        ("expansion", 5000, ["evt_sub_a_0305"]),
+    ]
+    [sub] = body["subscriptions"]
+    assert (sub["id"], sub["mrr"], sub["currency"]) == ("sub_a", 15000, "usd")
+    assert get(seeded, "/api/v1/customers/cus_nobody").status_code == 404

@@ -1,0 +1,353 @@
+"""Reconciliation (mrr-rules.md §9): the ledger against Stripe's current state, on
+the real database, with Stripe's HTTP API simulated by `responses`."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import responses
+from sqlalchemy import func, select, text, update
+
+from ledger.db import Database, utcnow
+from ledger.intake import store_event
+from ledger.models import DriftItem, Movement, RunStatus, StripeObject, SubscriptionSnapshot, SyncRun
+from ledger.settings import ENV_VARIABLES, Settings
+from ledger.state import RANK_EVENT, RANK_RECONCILE
+from ledger.timeline import Snapshot
+from tests.ledger.subscription_payloads import item, price, subscription, ts, utc
+from tests.stripe_payloads import current_event
+from worker import processing
+from worker.cli import main
+from worker.recompute import after_apply_for
+from worker.reconcile import mrr_steps, observed_before, reconcile
+from worker.runs import RunRefused, start_run
+from worker.stripe_api import StripeAPI
+
+BASE = "https://stripe.test"
+GOLD = price(10000, price_id="price_gold")
+
+
+@pytest.fixture
+def stripe_settings(settings: Settings) -> Settings:
+    return replace(settings, stripe_api_key="sk_test_subledger", stripe_api_base=BASE)
+
+
+@pytest.fixture
+def api(stripe_settings: Settings) -> StripeAPI:
+    return StripeAPI(stripe_settings, sleep=lambda _: None)
+
+
+def ledger_has(db: Database, settings: Settings, *events: dict[str, Any]) -> None:
+    """Events received by webhook and processed by a worker."""
+    with db.transaction() as session:
+        for event in events:
+            store_event(session, event, received_via="webhook", now=utcnow())
+    report = processing.drain(db, None, budget_s=60, after_apply=after_apply_for(settings))
+    assert report.processed == len(events), report.errors
+
+
+def sub_event(event_id: str, kind: str, payload: dict[str, Any], at) -> dict[str, Any]:
+    return current_event(f"customer.subscription.{kind}", payload, event_id=event_id, created=ts(at))
+
+
+def stripe_lists(*subscriptions: dict[str, Any], has_more: bool = False) -> None:
+    """The next answer of GET /v1/subscriptions (repeated while it is the last one registered)."""
+    page = {"object": "list", "url": "/v1/subscriptions", "data": list(subscriptions), "has_more": has_more}
+    responses.get(f"{BASE}/v1/subscriptions", json=page)
+
+
+def movements(db: Database) -> list[tuple[Any, ...]]:
+    with db.session() as session:
+        rows = session.scalars(select(Movement).order_by(Movement.customer_id, Movement.day, Movement.type))
+        return [(m.customer_id, m.day.isoformat(), m.type, m.amount, tuple(m.sources)) for m in rows]
+
+
+def drift(db: Database, run_id: str) -> list[tuple[Any, ...]]:
+    with db.session() as session:
+        rows = session.scalars(select(DriftItem).where(DriftItem.run_id == run_id).order_by(DriftItem.subscription_id))
+        return [
+            (d.subscription_id, d.customer_id, d.currency, d.ledger_mrr, d.stripe_mrr, d.difference, d.effective_at)
+            for d in rows
+        ]
+
+
+def gold_since_january(**fields: Any) -> dict[str, Any]:
+    return subscription(item(GOLD, quantity=fields.pop("quantity", 1)), start=utc(1, 10), **fields)
+
+
+@responses.activate
+def test_a_cancellation_the_ledger_missed_is_churn_dated_ended_at(
+    db: Database, settings: Settings, stripe_settings: Settings, api: StripeAPI
+) -> None:
+    ledger_has(db, settings, sub_event("evt_created", "created", gold_since_january(), utc(1, 10)))
+    stripe_lists(gold_since_january(status="canceled", canceled_at=utc(3, 1), ended_at=utc(3, 5)))
+
+    report = reconcile(db, stripe_settings, api=api)
+
+    assert report.status is RunStatus.OK
+    source = f"reconcile:{report.run_id}"
+    assert movements(db) == [
+        ("cus_1", "2024-01-10", "new", 10000, ("evt_created",)),
+        ("cus_1", "2024-03-05", "churn", -10000, (source,)),
+    ]
+    assert drift(db, report.run_id) == [("sub_1", "cus_1", "usd", 10000, 0, -10000, utc(3, 5))]
+    assert dict(report.counts) == {
+        "subscriptions_checked": 1,
+        "drifted": 1,
+        "corrected": 1,
+        "customers_recomputed": 1,
+        "skipped_in_flight": 0,
+    }
+    [listing] = responses.calls
+    assert "status=all" in listing.request.url
+    assert "expand%5B0%5D=data.discounts&expand%5B1%5D=data.items.data.discounts" in listing.request.url
+    with db.session() as session:
+        [correction] = session.scalars(select(SubscriptionSnapshot).where(SubscriptionSnapshot.source == source))
+        assert correction.rank == RANK_RECONCILE
+        run = session.get(SyncRun, report.run_id)
+        assert run is not None and (run.status, run.counts["corrected"]) == ("ok", 1)
+
+
+@responses.activate
+def test_a_quantity_change_the_webhooks_missed_takes_effect_at_the_run(
+    db: Database, settings: Settings, stripe_settings: Settings, api: StripeAPI
+) -> None:
+    ledger_has(db, settings, sub_event("evt_created", "created", gold_since_january(), utc(1, 10)))
+    stripe_lists(gold_since_january(quantity=3))
+
+    before = utcnow()
+    report = reconcile(db, stripe_settings, api=api)
+    after = utcnow()
+
+    [(_, _, _, ledger_mrr, stripe_mrr, difference, effective_at)] = drift(db, report.run_id)
+    assert (ledger_mrr, stripe_mrr, difference) == (10000, 30000, 20000)
+    assert observed_before(before) <= effective_at <= after
+    assert movements(db)[-1] == (
+        "cus_1",
+        effective_at.date().isoformat(),
+        "expansion",
+        20000,
+        (f"reconcile:{report.run_id}",),
+    )
+
+
+def tiered_price() -> dict[str, Any]:
+    rate = price(0, price_id="price_seats", product="prod_seats")
+    rate.update(billing_scheme="tiered", tiers_mode="volume", unit_amount=None, unit_amount_decimal=None, tiers=None)
+    return rate
+
+
+@responses.activate
+def test_a_subscription_the_ledger_never_saw_is_drift_with_its_prices_and_coupons_fetched(
+    db: Database, stripe_settings: Settings, api: StripeAPI
+) -> None:
+    # A list read cannot expand tiers or an item discount's coupon: both come as they would.
+    unseen = subscription(item(tiered_price(), quantity=5), start=utc(2, 1), sub_id="sub_2", customer="cus_2")
+    unseen["discounts"] = [
+        {
+            "id": "di_half",
+            "object": "discount",
+            "start": ts(utc(2, 1)),
+            "end": None,
+            "customer": "cus_2",
+            "subscription": "sub_2",
+            "source": {"type": "coupon", "coupon": "HALF"},
+        }
+    ]
+    stripe_lists(unseen)
+    with_tiers = {**tiered_price(), "tiers": [{"up_to": None, "unit_amount": 1000, "flat_amount": None}]}
+    responses.get(f"{BASE}/v1/prices/price_seats", json=with_tiers)
+    half = {"id": "HALF", "object": "coupon", "percent_off": 50, "amount_off": None, "duration": "forever"}
+    responses.get(f"{BASE}/v1/coupons/HALF", json=half)
+
+    report = reconcile(db, stripe_settings, api=api)
+
+    assert report.status is RunStatus.OK
+    assert drift(db, report.run_id) == [("sub_2", "cus_2", "usd", 0, 2500, 2500, utc(2, 1))]
+    assert movements(db) == [("cus_2", "2024-02-01", "new", 2500, (f"reconcile:{report.run_id}",))]
+    with db.session() as session:
+        assert set(session.scalars(select(StripeObject.id))) == {"price_seats", "HALF"}
+        [action] = session.scalars(select(DriftItem.action))
+    assert action.startswith("added a subscription the ledger had never seen (active), effective 2024-02-01T00")
+    fetched = sorted(call.request.url.removeprefix(BASE) for call in responses.calls[1:])
+    assert fetched == ["/v1/coupons/HALF?expand%5B0%5D=applies_to", "/v1/prices/price_seats?expand%5B0%5D=tiers"]
+
+
+def ledger_state(db: Database) -> tuple[Any, ...]:
+    with db.session() as session:
+        ids = sorted(session.scalars(select(Movement.id)))
+        snapshots = session.scalar(select(func.count()).select_from(SubscriptionSnapshot))
+    return ids, movements(db), snapshots
+
+
+@responses.activate
+def test_a_second_run_in_a_row_changes_nothing(
+    db: Database, settings: Settings, stripe_settings: Settings, api: StripeAPI
+) -> None:
+    ledger_has(
+        db,
+        settings,
+        sub_event("evt_1", "created", gold_since_january(), utc(1, 10)),
+        sub_event("evt_2", "created", gold_since_january(sub_id="sub_2", customer="cus_2"), utc(1, 10)),
+    )
+    stripe_lists(
+        gold_since_january(status="canceled", canceled_at=utc(3, 5), ended_at=utc(3, 5)),
+        gold_since_january(sub_id="sub_2", customer="cus_2", quantity=2),
+        subscription(item(GOLD), start=utc(2, 1), sub_id="sub_3", customer="cus_3"),
+    )
+    first = reconcile(db, stripe_settings, api=api)
+    assert (first.counts["drifted"], first.counts["corrected"]) == (3, 3)
+    state = ledger_state(db)
+
+    second = reconcile(db, stripe_settings, api=api)
+
+    assert second.status is RunStatus.OK
+    assert drift(db, second.run_id) == []
+    assert (second.counts["subscriptions_checked"], second.counts["drifted"]) == (3, 0)
+    assert second.counts["customers_recomputed"] == 0
+    assert ledger_state(db) == state
+
+
+def test_a_correction_never_overrides_an_event_stamped_with_the_second_of_the_question(settings: Settings) -> None:
+    asked_at = utc(3, 1, 12).replace(microsecond=400_000)
+    one, two = gold_since_january(), gold_since_january(quantity=2)
+    # The quantity changed just after Stripe answered, within the same second.
+    event = Snapshot("sub_1", "cus_1", asked_at.replace(microsecond=0), RANK_EVENT, "evt_2", two)
+    correction = Snapshot("sub_1", "cus_1", observed_before(asked_at), RANK_RECONCILE, "reconcile:r", one)
+    steps = mrr_steps([event, correction], settings.rules, until=asked_at)
+    assert steps[-1][1:] == ("usd", 20000)
+
+
+@responses.activate
+def test_one_unreadable_subscription_makes_the_run_partial_and_the_others_are_corrected(
+    db: Database, stripe_settings: Settings, api: StripeAPI
+) -> None:
+    broken = subscription(item(tiered_price()), start=utc(2, 1), sub_id="sub_bad", customer="cus_bad")
+    stripe_lists(broken, subscription(item(GOLD), start=utc(2, 1), sub_id="sub_ok", customer="cus_ok"))
+    missing = {"error": {"type": "invalid_request_error", "message": "No such price: 'price_seats'"}}
+    responses.get(f"{BASE}/v1/prices/price_seats", status=404, json=missing)
+
+    report = reconcile(db, stripe_settings, api=api)
+
+    assert report.status is RunStatus.PARTIAL
+    [error] = report.errors
+    assert error.startswith("sub_bad: price price_seats is tiered but carries no tiers")
+    assert "/v1/prices/price_seats" in error
+    assert [row[0] for row in drift(db, report.run_id)] == ["sub_ok"]
+    with db.session() as session:
+        run = session.get(SyncRun, report.run_id)
+        assert run is not None and (run.status, run.errors) == ("partial", [error])
+
+
+@responses.activate
+def test_a_live_subscription_missing_from_the_list_is_read_on_its_own(
+    db: Database, settings: Settings, stripe_settings: Settings, api: StripeAPI
+) -> None:
+    ledger_has(db, settings, sub_event("evt_created", "created", gold_since_january(), utc(1, 10)))
+    stripe_lists()
+    ended = gold_since_january(status="canceled", canceled_at=utc(4, 1), ended_at=utc(4, 1))
+    responses.get(f"{BASE}/v1/subscriptions/sub_1", json=ended)
+
+    report = reconcile(db, stripe_settings, api=api)
+
+    assert report.status is RunStatus.OK
+    assert drift(db, report.run_id) == [("sub_1", "cus_1", "usd", 10000, 0, -10000, utc(4, 1))]
+
+
+@responses.activate
+def test_a_customer_whose_events_are_queued_is_left_to_the_worker(
+    db: Database, settings: Settings, stripe_settings: Settings, api: StripeAPI
+) -> None:
+    ledger_has(db, settings, sub_event("evt_1", "created", gold_since_january(), utc(1, 10)))
+    upgraded = gold_since_january(quantity=2)
+    with db.transaction() as session:
+        store_event(session, sub_event("evt_2", "updated", upgraded, utc(2, 1)), received_via="webhook", now=utcnow())
+    stripe_lists(upgraded)
+
+    report = reconcile(db, stripe_settings, api=api)
+
+    assert (report.status, report.counts["skipped_in_flight"], report.counts["drifted"]) == (RunStatus.OK, 1, 0)
+
+
+@responses.activate
+def test_a_customer_a_worker_is_processing_is_skipped_without_waiting(
+    db: Database, settings: Settings, stripe_settings: Settings, api: StripeAPI
+) -> None:
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite serialises writers through its single write lock: no partition lock to hold")
+    ledger_has(db, settings, sub_event("evt_1", "created", gold_since_january(), utc(1, 10)))
+    stripe_lists(gold_since_january(quantity=2))
+    with db.engine.connect() as worker:
+        worker.execute(text("SELECT pg_advisory_lock(hashtextextended('cus_1', 0))"))
+        try:
+            report = reconcile(db, stripe_settings, api=api)
+        finally:
+            worker.execute(text("SELECT pg_advisory_unlock(hashtextextended('cus_1', 0))"))
+    assert (report.status, report.counts["skipped_in_flight"], report.counts["drifted"]) == (RunStatus.OK, 1, 0)
+    assert reconcile(db, stripe_settings, api=api).counts["corrected"] == 1
+
+
+@pytest.fixture
+def cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, stripe_settings: Settings) -> None:
+    for variable in ENV_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DATABASE_URL", stripe_settings.database_url)
+    monkeypatch.setenv("STRIPE_API_KEY", "sk_test_subledger")
+    monkeypatch.setenv("STRIPE_API_BASE", BASE)
+
+
+@responses.activate
+def test_a_stripe_error_while_listing_fails_the_run_with_one_line_and_status_1(
+    db: Database, settings: Settings, cli_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ledger_has(db, settings, sub_event("evt_created", "created", gold_since_january(), utc(1, 10)))
+    canceled = gold_since_january(status="canceled", canceled_at=utc(3, 5), ended_at=utc(3, 5))
+    stripe_lists(canceled, has_more=True)
+    failure = {"error": {"type": "api_error", "message": "An unknown error occurred"}}
+    responses.get(f"{BASE}/v1/subscriptions", status=500, json=failure, headers={"Stripe-Should-Retry": "false"})
+
+    assert main(["reconcile"]) == 1
+
+    captured = capsys.readouterr()
+    [line] = captured.err.splitlines()
+    assert line == (
+        "subledger: reconcile failed: reading subscriptions from Stripe: "
+        "Stripe error on GET /v1/subscriptions: APIError"
+    )
+    assert captured.out.startswith("reconcile reconcile_")
+    assert " failed: 1 corrected, " in captured.out
+    assert "starting_after=sub_1" in responses.calls[1].request.url
+    with db.session() as session:
+        [run] = session.scalars(select(SyncRun))
+        assert (run.status, len(run.errors), run.finished_at is not None) == ("failed", 1, True)
+    # What the first page corrected stays corrected.
+    assert [m[2] for m in movements(db)] == ["new", "churn"]
+
+
+@responses.activate
+def test_a_second_reconcile_is_refused_while_one_runs(
+    db: Database, stripe_settings: Settings, api: StripeAPI, cli_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    running = start_run(db, "reconcile", parameters={})
+    with pytest.raises(RunRefused, match=f"a reconcile is already running \\(run {running.run_id}"):
+        reconcile(db, stripe_settings, api=api)
+    assert main(["reconcile"]) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("subledger: a reconcile is already running")
+    assert len(responses.calls) == 0
+
+
+@responses.activate
+def test_a_reconcile_that_died_does_not_block_the_next(db: Database, stripe_settings: Settings, api: StripeAPI) -> None:
+    dead = start_run(db, "reconcile", parameters={})
+    with db.transaction() as session:
+        session.execute(update(SyncRun).values(heartbeat_at=utcnow() - timedelta(minutes=11)))
+    stripe_lists()
+    report = reconcile(db, stripe_settings, api=api)
+    assert report.run_id != dead.run_id
+    assert report.status is RunStatus.OK
