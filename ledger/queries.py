@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.orm import Session
 
-from ledger.models import Customer, CustomerMonthly, Movement, Subscription, SubscriptionChange
+from ledger.models import Customer, CustomerMonthly, Movement, Subscription, SubscriptionChange, SyncRun
 
 
 @dataclass(frozen=True)
@@ -161,3 +161,11 @@ def customer_story(session: Session, customer_id: str, *, now: datetime) -> Cust
             }
         )
     return CustomerStory(customer, subscriptions, movements, timeline)
+
+
+def latest_runs(session: Session, *, kind: str | None = None, limit: int = 10) -> list[SyncRun]:
+    """Backfill, reconcile and catch-up runs, newest first."""
+    query = select(SyncRun).order_by(SyncRun.started_at.desc()).limit(limit)
+    if kind is not None:
+        query = query.where(SyncRun.kind == kind)
+    return list(session.scalars(query))

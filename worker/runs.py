@@ -143,10 +143,3 @@ def save_checkpoint(
     row.objects = objects
     row.done = done
     row.updated_at = utcnow()
-
-
-def latest_runs(session: Session, *, kind: str | None = None, limit: int = 10) -> list[SyncRun]:
-    query = select(SyncRun).order_by(SyncRun.started_at.desc()).limit(limit)
-    if kind is not None:
-        query = query.where(SyncRun.kind == kind)
-    return list(session.scalars(query))
