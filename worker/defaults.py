@@ -18,7 +18,10 @@ SWEEP_INTERVAL_S = 60
 """How often the clock process runs the sweeper."""
 
 PARTITIONS_PER_PASS = 200
-"""Customers a drain job claims per database round trip."""
+"""Customers a drain job claims per transaction (PostgreSQL)."""
+
+SQLITE_PARTITIONS_PER_PASS = 25
+"""The same on SQLite, whose single write lock webhooks wait for between batches."""
 
 DRAIN_BUDGET_S = 120
 """A drain job hands over to a fresh job after this long, so no job runs unbounded."""

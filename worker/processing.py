@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from ledger.db import Database, utcnow
 from ledger.models import EventStatus, StripeEvent
 from ledger.state import Applied, apply_event, apply_events
-from worker.defaults import MAX_ATTEMPTS, PARTITIONS_PER_PASS, RETRY_BASE_S, RETRY_MAX_S
+from worker.defaults import MAX_ATTEMPTS, PARTITIONS_PER_PASS, RETRY_BASE_S, RETRY_MAX_S, SQLITE_PARTITIONS_PER_PASS
 
 log = logging.getLogger("subledger.worker")
 
@@ -245,7 +245,11 @@ def drain(
     while True:
         now = clock()
         with db.session() as session:
-            partitions = due_partitions(session, shard, now=now, limit=PARTITIONS_PER_PASS)
+            # SQLite has one writer: smaller batches let webhooks in between them.
+            limit = (
+                PARTITIONS_PER_PASS if session.get_bind().dialect.name == "postgresql" else SQLITE_PARTITIONS_PER_PASS
+            )
+            partitions = due_partitions(session, shard, now=now, limit=limit)
         if not partitions:
             return report
         result = process_batch(db, partitions, now=now, after_apply=after_apply)
