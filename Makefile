@@ -3,13 +3,16 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint typecheck unit
+.PHONY: demo run test lint typecheck unit
 
 $(BIN)/subledger: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
 	touch $(BIN)/subledger
+
+demo: $(BIN)/subledger
+	$(BIN)/subledger demo
 
 run: $(BIN)/subledger
 	$(BIN)/subledger serve
