@@ -6,6 +6,10 @@ STRIPE_API_BASE. The SDK retries network errors and 5xx itself
 ignores Retry-After; this module waits as long as Stripe asks and tries again.
 Objects come back as plain JSON dicts, exactly as Stripe sent them, so the
 MRR rules read API objects and webhook payloads alike.
+
+Every request first waits for the shared rate limit (`worker.ratelimit`): the
+`throttle` hook, given the request's path, which by default draws from the
+buckets every process of this deployment shares.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 import stripe
 
 from ledger.settings import Settings
+from worker.ratelimit import stripe_limiter
 
 log = logging.getLogger("subledger.stripe")
 
@@ -48,8 +53,9 @@ class StripeAPI:
         settings: Settings,
         *,
         sleep: Callable[[float], None] = time.sleep,
-        throttle: Callable[[], None] | None = None,
+        throttle: Callable[[str], None] | None = None,
     ) -> None:
+        """`throttle(path)` is called before each request; default: `worker.ratelimit.stripe_limiter`."""
         if not settings.stripe_api_key:
             raise StripeUnavailable("STRIPE_API_KEY is not set")
         base = {"api": settings.stripe_api_base} if settings.stripe_api_base else None
@@ -60,20 +66,20 @@ class StripeAPI:
             http_client=stripe.RequestsClient(),
         )
         self._sleep = sleep
-        self._throttle = throttle
+        self._throttle = throttle if throttle is not None else stripe_limiter(settings)
 
     def get(self, path: str, **params: Any) -> dict[str, Any]:
         """GET an API path; the JSON answer as a dict."""
         wait = DEFAULT_RATE_LIMIT_WAIT_S
         for attempt in range(MAX_RATE_LIMIT_RETRIES + 1):
-            if self._throttle is not None:
-                self._throttle()
+            self._throttle(path)
             try:
                 response = self.client.raw_request("get", path, **params)
             except stripe.RateLimitError as exc:
                 if attempt == MAX_RATE_LIMIT_RETRIES:
                     raise StripeUnavailable(f"Stripe kept answering 429 to GET {path}") from None
-                delay = _retry_after(exc.headers) or wait
+                retry_after = _retry_after(exc.headers)
+                delay = wait if retry_after is None else retry_after
                 log.warning("Stripe rate limit; waiting", extra={"path": path, "wait_s": delay})
                 self._sleep(delay)
                 wait *= 2

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import requests
 import responses
 
 from ledger.settings import Settings
-from worker.stripe_api import MAX_RATE_LIMIT_RETRIES, StripeAPI, StripeUnavailable
+from worker.stripe_api import MAX_NETWORK_RETRIES, MAX_RATE_LIMIT_RETRIES, StripeAPI, StripeUnavailable
 
 BASE = "https://stripe.test"
 
@@ -88,3 +89,32 @@ def test_pages_follow_the_cursor_until_has_more_is_false(api: StripeAPI) -> None
     assert [c["id"] for c in api.list("/v1/customers")] == ["cus_1", "cus_2", "cus_3"]
     assert "starting_after=cus_2" in responses.calls[1].request.url
     assert "limit=100" in responses.calls[0].request.url
+
+
+@responses.activate
+def test_a_network_error_is_retried_by_the_sdk(api: StripeAPI) -> None:
+    responses.get(f"{BASE}/v1/prices/price_1", body=requests.ConnectionError("connection reset by peer"))
+    responses.get(f"{BASE}/v1/prices/price_1", json={"id": "price_1"})
+    assert api.price("price_1") == {"id": "price_1"}
+    assert len(responses.calls) == 2
+
+
+@responses.activate
+def test_network_errors_past_the_retries_are_one_clear_error(api: StripeAPI) -> None:
+    responses.get(f"{BASE}/v1/prices/price_1", body=requests.ConnectionError("connection reset by peer"))
+    with pytest.raises(StripeUnavailable, match="APIConnectionError"):
+        api.price("price_1")
+    assert len(responses.calls) == 1 + MAX_NETWORK_RETRIES
+
+
+@responses.activate
+def test_each_request_first_waits_for_the_rate_limit_of_its_path(waits: list[float]) -> None:
+    paths: list[str] = []
+    settings = Settings(stripe_api_key="sk_test_subledger", stripe_api_base=BASE)
+    api = StripeAPI(settings, sleep=waits.append, throttle=paths.append)
+    limited = {"error": {"type": "rate_limit_error", "message": "Too many requests"}}
+    responses.get(f"{BASE}/v1/invoices/in_1/lines", status=429, json=limited, headers={"Retry-After": "0"})
+    responses.get(f"{BASE}/v1/invoices/in_1/lines", json={"object": "list", "data": [], "has_more": False})
+    assert list(api.list("/v1/invoices/in_1/lines")) == []
+    assert paths == ["/v1/invoices/in_1/lines"] * 2
+    assert waits == [0.0]  # Retry-After: 0 means now

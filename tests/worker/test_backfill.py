@@ -1,0 +1,565 @@
+"""`subledger backfill` against a Stripe account simulated at the HTTP level.
+
+What is read (every list, every page, every invoice line, the expansions), how
+Stripe's refusals are waited out, how an interrupted run resumes, and what the
+history it rebuilds is worth in movements.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import responses
+from redis import Redis
+from sqlalchemy import select, text
+
+from ledger.db import Database
+from ledger.models import (
+    Base,
+    Customer,
+    Movement,
+    RunStatus,
+    StripeObject,
+    SubscriptionSnapshot,
+    SyncCheckpoint,
+    SyncRun,
+)
+from ledger.settings import ENV_VARIABLES, Settings
+from tests.ledger.subscription_payloads import item, price, subscription, ts, utc
+from tests.worker.stripe_http import BASE, FakeStripe
+from worker.backfill import BackfillFailed, windows
+from worker.backfill import backfill as run_backfill
+from worker.cli import main
+from worker.progress import LogProgress
+from worker.stripe_api import StripeUnavailable
+
+# --- a small account --------------------------------------------------------------------------
+
+BASIC = price(1000, price_id="price_basic", product="prod_basic")
+PRO = price(3000, price_id="price_pro", product="prod_pro")
+HALF = {
+    "id": "HALF",
+    "object": "coupon",
+    "percent_off": 50,
+    "amount_off": None,
+    "currency": None,
+    "duration": "forever",
+    "duration_in_months": None,
+    "applies_to": None,
+    "created": ts(utc(1, 1)),
+    "livemode": False,
+}
+
+
+def product(product_id: str) -> dict[str, Any]:
+    return {"id": product_id, "object": "product", "name": product_id, "created": ts(utc(1, 1)), "livemode": False}
+
+
+def customer(customer_id: str, created: datetime) -> dict[str, Any]:
+    return {
+        "id": customer_id,
+        "object": "customer",
+        "email": f"{customer_id}@example.com",
+        "name": customer_id,
+        "created": ts(created),
+        "livemode": False,
+    }
+
+
+def discount(discount_id: str, coupon_id: str, start: datetime, sub_id: str) -> dict[str, Any]:
+    return {
+        "id": discount_id,
+        "object": "discount",
+        "customer": "cus_1",
+        "subscription": sub_id,
+        "start": ts(start),
+        "end": None,
+        "source": {"type": "coupon", "coupon": coupon_id},
+    }
+
+
+def line(
+    line_id: str,
+    rate: dict[str, Any],
+    start: datetime,
+    end: datetime,
+    *,
+    sub_id: str = "sub_1",
+    quantity: int = 1,
+    proration: bool = False,
+) -> dict[str, Any]:
+    return {
+        "id": line_id,
+        "object": "line_item",
+        "amount": rate["unit_amount"] * quantity,
+        "currency": "usd",
+        "period": {"start": ts(start), "end": ts(end)},
+        "quantity": quantity,
+        "discounts": [],
+        "discount_amounts": [],
+        "parent": {
+            "type": "subscription_item_details",
+            "subscription_item_details": {
+                "subscription": sub_id,
+                "subscription_item": "si_1",
+                "proration": proration,
+                "invoice_item": None,
+            },
+        },
+        "pricing": {"type": "price_details", "price_details": {"price": rate["id"], "product": rate["product"]}},
+    }
+
+
+def invoice(
+    invoice_id: str,
+    created: datetime,
+    lines: list[dict[str, Any]],
+    *,
+    sub_id: str = "sub_1",
+    customer_id: str = "cus_1",
+    discounts: list[Any] | None = None,
+) -> dict[str, Any]:
+    return {
+        "id": invoice_id,
+        "object": "invoice",
+        "customer": customer_id,
+        "created": ts(created),
+        "status": "paid",
+        "currency": "usd",
+        "livemode": False,
+        "billing_reason": "subscription_cycle",
+        "discounts": discounts or [],
+        "parent": {"type": "subscription_details", "subscription_details": {"subscription": sub_id}},
+        "lines": {"object": "list", "data": lines, "has_more": False, "url": f"/v1/invoices/{invoice_id}/lines"},
+    }
+
+
+def history_account(stripe: FakeStripe) -> None:
+    """cus_1: basic from Jan 1, upgraded to pro (billed Feb 1), two seats (Mar 1), half off (Apr 1),
+    canceled May 15; back on basic with a second subscription on Jul 1."""
+    half_off = discount("di_half", "HALF", utc(3, 20), "sub_1")
+    stripe.add("products", product("prod_basic"), product("prod_pro"))
+    # Basic is archived: listed only when asked for inactive prices.
+    stripe.add(
+        "prices",
+        dict(BASIC, created=ts(utc(1, 1)), livemode=False, active=False),
+        dict(PRO, created=ts(utc(1, 1)), livemode=False, active=True),
+    )
+    stripe.add("coupons", HALF)
+    stripe.add("customers", customer("cus_1", utc(1, 1)))
+    canceled = subscription(
+        item(PRO, 2),
+        start=utc(1, 1),
+        status="canceled",
+        canceled_at=utc(5, 15),
+        ended_at=utc(5, 15),
+        discounts=[half_off],
+    )
+    stripe.add("subscriptions", canceled, subscription(item(BASIC), start=utc(7, 1), sub_id="sub_2"))
+    stripe.add(
+        "invoices",
+        invoice("in_1", utc(1, 1), [line("il_1", BASIC, utc(1, 1), utc(2, 1))]),
+        # The upgrade's proration: not a billed period, it dates nothing.
+        invoice(
+            "in_1p",
+            utc(1, 15),
+            [line("il_1p", PRO, utc(1, 15), utc(2, 1), proration=True)],
+        ),
+        invoice("in_2", utc(2, 1), [line("il_2", PRO, utc(2, 1), utc(3, 1))]),
+        invoice("in_3", utc(3, 1), [line("il_3", PRO, utc(3, 1), utc(4, 1), quantity=2)]),
+        invoice("in_4", utc(4, 1), [line("il_4", PRO, utc(4, 1), utc(5, 1), quantity=2)], discounts=[half_off]),
+        invoice("in_5", utc(5, 1), [line("il_5", PRO, utc(5, 1), utc(6, 1), quantity=2)], discounts=[half_off]),
+        invoice("in_6", utc(7, 1), [line("il_6", BASIC, utc(7, 1), utc(8, 1), sub_id="sub_2")], sub_id="sub_2"),
+    )
+
+
+# --- fixtures and helpers ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def stripe() -> Iterator[FakeStripe]:
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        yield FakeStripe(mock)
+
+
+@pytest.fixture
+def config(settings: Settings, redis: Redis) -> Settings:
+    """Test-mode key, Stripe at the fake's address, a fresh rate-limit bucket in Redis."""
+    return dataclasses.replace(settings, stripe_api_key="sk_test_subledger", stripe_api_base=BASE)
+
+
+def movements(db: Database, customer_id: str = "cus_1") -> list[tuple[str, int, str, list[str]]]:
+    with db.session() as session:
+        rows = session.scalars(select(Movement).where(Movement.customer_id == customer_id).order_by(Movement.at))
+        return [(row.type, row.amount, row.day.isoformat(), row.sources) for row in rows]
+
+
+def stored(db: Database, kind: str) -> dict[str, dict[str, Any]]:
+    with db.session() as session:
+        return {row.id: row.payload for row in session.scalars(select(StripeObject).where(StripeObject.object == kind))}
+
+
+def empty(db: Database) -> None:
+    with db.engine.begin() as connection:
+        tables = [table.name for table in reversed(Base.metadata.sorted_tables)]
+        if connection.dialect.name == "postgresql":
+            connection.execute(text(f"TRUNCATE {', '.join(tables)} CASCADE"))
+        else:
+            for table in tables:
+                connection.execute(text(f"DELETE FROM {table}"))
+
+
+def outcome(db: Database, run_id: str) -> dict[str, Any]:
+    """Everything a backfill leaves behind, with its run id and read times left out."""
+
+    def plain(sources: list[str]) -> list[str]:
+        return [source.replace(run_id, "RUN") for source in sources]
+
+    with db.session() as session:
+        return {
+            "objects": sorted((row.id, row.object, row.customer_id) for row in session.scalars(select(StripeObject))),
+            "payloads": {row.id: row.payload for row in session.scalars(select(StripeObject))},
+            "customers": sorted((row.id, row.email, row.created) for row in session.scalars(select(Customer))),
+            "snapshots": sorted(
+                (row.subscription_id, row.observed_at, row.content_hash, plain([row.source])[0])
+                for row in session.scalars(select(SubscriptionSnapshot))
+            ),
+            "movements": sorted(
+                (row.customer_id, row.day, row.type, row.amount, tuple(plain(row.sources)))
+                for row in session.scalars(select(Movement))
+            ),
+        }
+
+
+def customers(count: int) -> list[dict[str, Any]]:
+    """`count` customers who joined on Feb 1."""
+    return [customer(f"cus_{n:04d}", utc(2, 1)) for n in range(count)]
+
+
+# --- the history ------------------------------------------------------------------------------
+
+
+def test_history_from_invoices_becomes_the_movements_webhooks_would_have_made(
+    db: Database, config: Settings, stripe: FakeStripe
+) -> None:
+    history_account(stripe)
+    report = run_backfill(db, config)
+    assert report.status is RunStatus.OK, report.errors
+    source = [f"backfill:{report.run_id}"]
+    assert movements(db) == [
+        ("new", 1000, "2024-01-01", source),
+        ("expansion", 2000, "2024-02-01", source),  # the upgrade, billed from the next period
+        ("expansion", 3000, "2024-03-01", source),  # a second seat
+        ("contraction", -3000, "2024-04-01", source),  # half off
+        ("churn", -3000, "2024-05-15", source),
+        ("reactivation", 1000, "2024-07-01", source),  # a second subscription
+    ]
+    # Everything came from the lists, the archived price too: nothing was fetched one by one.
+    assert {path for path, _ in stripe.requests} == {
+        "/v1/products",
+        "/v1/prices",
+        "/v1/coupons",
+        "/v1/customers",
+        "/v1/subscriptions",
+        "/v1/invoices",
+    }
+    assert report.counts["prices"] == 2
+    assert report.counts["customers"] == 1
+    assert report.counts["subscriptions"] == 2
+    assert report.counts["invoices"] == 7
+    assert report.counts["ledgers recomputed"] == 1
+    assert report.counts["movements added"] == 6
+    with db.session() as session:
+        run = session.get(SyncRun, report.run_id)
+        assert run is not None
+        assert (run.status, run.counts) == ("ok", dict(report.counts))
+
+
+def test_every_list_is_read_with_what_the_mrr_rules_need_expanded(
+    db: Database, config: Settings, stripe: FakeStripe
+) -> None:
+    history_account(stripe)
+    run_backfill(db, config)
+    expansions = {
+        path: sorted(
+            {value for query in stripe.calls(path) for key, value in query.items() if key.startswith("expand")}
+        )
+        for path in ("/v1/prices", "/v1/coupons", "/v1/subscriptions", "/v1/invoices")
+    }
+    assert expansions == {
+        "/v1/prices": ["data.tiers"],
+        "/v1/coupons": ["data.applies_to"],
+        "/v1/subscriptions": ["data.discounts", "data.items.data.discounts"],
+        "/v1/invoices": ["data.discounts"],
+    }
+    assert all(len(value.split(".")) <= 4 for values in expansions.values() for value in values), "Stripe's depth limit"
+    assert {query["status"] for query in stripe.calls("/v1/subscriptions")} == {"all"}
+    assert all(query["limit"] == "100" for _, query in stripe.requests)
+    # Canceled subscriptions are read too (status=all), and kept with their discounts.
+    assert set(stored(db, "subscription")) == {"sub_1", "sub_2"}
+    assert set(stored(db, "discount")) == {"di_half"}
+
+
+def test_pages_are_followed_while_has_more(db: Database, config: Settings, stripe: FakeStripe) -> None:
+    stripe.add("customers", *customers(150))
+    report = run_backfill(db, config)
+    assert report.counts["customers"] == 150
+    with db.session() as session:
+        assert len(session.scalars(select(Customer)).all()) == 150
+    cursors = [query.get("starting_after") for query in stripe.calls("/v1/customers") if query.get("starting_after")]
+    assert cursors == ["cus_0050"]  # newest first: the first page ends with the 100th newest
+
+
+def test_invoice_lines_past_the_first_10_are_read_from_the_lines_endpoint(
+    db: Database, config: Settings, stripe: FakeStripe
+) -> None:
+    lines = [line(f"il_{n:02d}", BASIC, utc(1, 1), utc(2, 1)) for n in range(12)]
+    stripe.add("invoices", invoice("in_x", utc(1, 1), lines))
+    report = run_backfill(db, config)
+    assert report.status is RunStatus.OK
+    assert stripe.calls("/v1/invoices/in_x/lines") == [{"limit": "100", "starting_after": "il_09"}]
+    kept = stored(db, "invoice")["in_x"]["lines"]
+    assert [entry["id"] for entry in kept["data"]] == [entry["id"] for entry in lines]
+    assert kept["has_more"] is False
+
+
+def test_a_429_is_waited_out_and_the_page_read_again(db: Database, config: Settings, stripe: FakeStripe) -> None:
+    stripe.add("customers", *customers(3))
+    limited = {"error": {"type": "rate_limit_error", "message": "Too many requests"}}
+    stripe.fail("/v1/customers", status=429, body=limited, headers={"Retry-After": "0"})
+    report = run_backfill(db, config)
+    assert report.status is RunStatus.OK
+    assert report.counts["customers"] == 3
+    [(_, refused)] = stripe.faulted
+    assert stripe.calls("/v1/customers").count(refused) == 2
+
+
+def test_a_500_is_retried(db: Database, config: Settings, stripe: FakeStripe) -> None:
+    stripe.add("coupons", HALF)
+    stripe.fail("/v1/coupons", status=500)
+    report = run_backfill(db, config)
+    assert report.status is RunStatus.OK
+    assert len(stripe.faulted) == 1
+    assert len(stripe.calls("/v1/coupons")) == 2
+    assert set(stored(db, "coupon")) == {"HALF"}
+
+
+def test_a_network_error_is_retried(db: Database, config: Settings, stripe: FakeStripe) -> None:
+    stripe.add("products", product("prod_basic"))
+    stripe.fail("/v1/products", exception=requests.ConnectionError("connection reset"))
+    report = run_backfill(db, config)
+    assert report.status is RunStatus.OK
+    assert set(stored(db, "product")) == {"prod_basic"}
+
+
+def test_since_reads_objects_created_from_that_day_and_the_whole_catalog(
+    db: Database, config: Settings, stripe: FakeStripe
+) -> None:
+    history_account(stripe)
+    since = datetime(2024, 6, 1, tzinfo=UTC)
+    report = run_backfill(db, config, since=since)
+    for path in ("/v1/customers", "/v1/subscriptions", "/v1/invoices"):
+        assert {query["created[gte]"] for query in stripe.calls(path)} >= {str(ts(since))}
+        assert min(int(query["created[gte]"]) for query in stripe.calls(path)) == ts(since)
+    assert all("created[gte]" not in query for query in stripe.calls("/v1/prices"))
+    assert set(stored(db, "price")) == {"price_basic", "price_pro"}
+    assert set(stored(db, "subscription")) == {"sub_2"}
+    assert set(stored(db, "invoice")) == {"in_6"}
+    # Without the earlier history, the customer's return looks like a first start.
+    assert movements(db) == [("new", 1000, "2024-07-01", [f"backfill:{report.run_id}"])]
+
+
+# --- stopping and resuming --------------------------------------------------------------------
+
+
+def test_an_interrupted_backfill_resumes_after_its_last_page_and_ends_as_an_uninterrupted_one(
+    db: Database, config: Settings, stripe: FakeStripe
+) -> None:
+    history_account(stripe)
+    stripe.add("customers", *customers(250))
+    # Newest first: page 1 ends with cus_0150, page 2 with cus_0050; page 3 fails hard, once.
+    stripe.fail(
+        "/v1/customers",
+        exception=RuntimeError("the network cable was pulled"),
+        when=lambda query: query.get("starting_after") == "cus_0050",
+    )
+    with pytest.raises(StripeUnavailable):
+        run_backfill(db, config)
+    with db.session() as session:
+        [run] = session.scalars(select(SyncRun)).all()
+        assert run.status == "failed"
+        assert run.errors and run.errors[-1].startswith("stopped: ")
+        stopped_at = session.scalars(
+            select(SyncCheckpoint).where(
+                SyncCheckpoint.stream.like("customers:%"), SyncCheckpoint.objects > 0, SyncCheckpoint.done.is_(False)
+            )
+        ).one()
+        assert (stopped_at.cursor, stopped_at.objects, stopped_at.done) == ("cus_0050", 200, False)
+        first_run = run.id
+    answered = {
+        (path, tuple(sorted(query.items())))
+        for path, query in stripe.requests
+        if not (path == "/v1/customers" and query.get("starting_after") == "cus_0050")
+    }
+    stripe.requests.clear()
+
+    resumed = run_backfill(db, config)
+
+    assert (resumed.run_id, resumed.resumed, resumed.status) == (first_run, True, RunStatus.OK)
+    asked_again = {(path, tuple(sorted(query.items()))) for path, query in stripe.requests}
+    assert not answered & asked_again, "a page committed before the interruption was read again"
+    assert [query.get("starting_after") for query in stripe.calls("/v1/customers") if "starting_after" in query] == [
+        "cus_0050"
+    ]
+    interrupted = outcome(db, first_run)
+    counts = dict(resumed.counts)
+
+    empty(db)
+    uninterrupted = run_backfill(db, config)
+    assert outcome(db, uninterrupted.run_id) == interrupted
+    assert dict(uninterrupted.counts) == counts
+    assert counts["customers"] == 251
+
+
+def test_ctrl_c_leaves_the_run_resumable(db: Database, config: Settings, stripe: FakeStripe) -> None:
+    stripe.add("customers", *customers(150))
+    stripe.fail("/v1/customers", exception=KeyboardInterrupt(), when=lambda query: "starting_after" in query)
+    with pytest.raises(KeyboardInterrupt):
+        run_backfill(db, config)
+    with db.session() as session:
+        [run] = session.scalars(select(SyncRun)).all()
+        assert (run.status, run.errors) == (
+            "failed",
+            ["stopped: interrupted; run `subledger backfill` again to resume"],
+        )
+    resumed = run_backfill(db, config)
+    assert (resumed.run_id, resumed.status, resumed.errors) == (run.id, RunStatus.OK, [])
+    assert resumed.counts["customers"] == 150
+
+
+def test_an_unexpected_failure_is_recorded_and_raised_as_one_line(
+    db: Database, config: Settings, stripe: FakeStripe
+) -> None:
+    stripe.fail("/v1/coupons", status=200, body={"object": "list", "data": [{"object": "coupon"}], "has_more": True})
+    with pytest.raises(BackfillFailed) as raised:
+        run_backfill(db, config)
+    [message] = str(raised.value).splitlines()
+    assert message.endswith("failed (KeyError: 'id'); run it again to resume")
+    with db.session() as session:
+        [run] = session.scalars(select(SyncRun)).all()
+        assert (run.status, run.errors) == ("failed", ["stopped: KeyError: 'id'"])
+
+
+def test_a_stripe_outage_fails_the_run_and_says_so(db: Database, config: Settings, stripe: FakeStripe) -> None:
+    denied = {"error": {"type": "invalid_request_error", "message": "Invalid API Key provided"}}
+    stripe.fail("/v1/products", status=401, body=denied)
+    with pytest.raises(StripeUnavailable, match="rejected STRIPE_API_KEY"):
+        run_backfill(db, config)
+    with db.session() as session:
+        [run] = session.scalars(select(SyncRun)).all()
+        assert run.status == "failed"
+        assert run.errors == ["stopped: Stripe rejected STRIPE_API_KEY"]
+
+
+def test_unreadable_invoice_lines_make_a_partial_run_naming_the_invoice(
+    db: Database, config: Settings, stripe: FakeStripe
+) -> None:
+    lines = [line(f"il_{n:02d}", BASIC, utc(1, 1), utc(2, 1)) for n in range(11)]
+    stripe.add("invoices", invoice("in_x", utc(1, 1), lines), invoice("in_y", utc(1, 2), lines[:1]))
+    stripe.fail("/v1/invoices/in_x/lines", status=404, body={"error": {"type": "invalid_request_error"}})
+    report = run_backfill(db, config)
+    assert report.status is RunStatus.PARTIAL
+    assert len(report.errors) == 1
+    assert report.errors[0].startswith("invoice in_x: its lines could not be read")
+    assert set(stored(db, "invoice")) == {"in_y"}
+
+
+def test_requests_draw_from_the_buckets_shared_in_redis(
+    db: Database, config: Settings, stripe: FakeStripe, redis: Redis
+) -> None:
+    history_account(stripe)
+    run_backfill(db, config)
+    keys = {key.decode() for key in redis.keys("subledger:stripe:*")}
+    assert {"subledger:stripe:test:global", "subledger:stripe:test:/v1/invoices"} <= keys
+
+
+# --- what a user sees -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli_env(config: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Settings:
+    for variable in ENV_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DATABASE_URL", config.database_url)
+    monkeypatch.setenv("REDIS_URL", config.redis_url or "")
+    monkeypatch.setenv("STRIPE_API_KEY", config.stripe_api_key or "")
+    monkeypatch.setenv("STRIPE_API_BASE", BASE)
+    return config
+
+
+def test_the_command_prints_the_summary_and_exits_0(
+    cli_env: Settings, stripe: FakeStripe, capsys: pytest.CaptureFixture[str]
+) -> None:
+    history_account(stripe)
+    assert main(["backfill"]) == 0
+    out, err = capsys.readouterr()
+    [summary] = out.splitlines()
+    assert summary.startswith("backfill backfill_") and " ok: " in summary
+    assert "1 customers" in summary and "7 invoices" in summary and "6 movements added" in summary
+    assert err == ""
+
+
+def test_a_partial_run_exits_1_with_one_line_on_stderr(
+    cli_env: Settings, stripe: FakeStripe, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = [line(f"il_{n:02d}", BASIC, utc(1, 1), utc(2, 1)) for n in range(11)]
+    stripe.add("invoices", invoice("in_x", utc(1, 1), lines))
+    stripe.fail("/v1/invoices/in_x/lines", status=404, body={"error": {"type": "invalid_request_error"}})
+    assert main(["backfill"]) == 1
+    out, err = capsys.readouterr()
+    assert " partial: " in out
+    [problem] = err.splitlines()
+    assert problem.startswith("subledger: backfill partial: invoice in_x: its lines could not be read")
+
+
+def test_without_a_terminal_progress_is_a_log_line_per_stream_every_10_seconds(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    progress = LogProgress(clock=lambda: now[0])
+    progress.stream("invoices")
+    for _ in range(25):
+        now[0] += 1.0
+        progress.advance("invoices", 100)
+    progress.finish("invoices")
+    lines = [record.getMessage() for record in caplog.records if record.name == "subledger.progress"]
+    assert lines == [
+        "invoices: 1,000 running, 100.0/s, 10s elapsed",
+        "invoices: 2,000 running, 100.0/s, 20s elapsed",
+        "invoices: 2,500 done, 100.0/s, 25s elapsed",
+    ]
+
+
+# --- windows ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "count", "dense_from", "expected"),
+    [
+        pytest.param(0, 800, 4, None, [(0, 200), (200, 400), (400, 600), (600, 800)], id="even"),
+        pytest.param(0, 800, 4, 400, [(0, 500), (500, 600), (600, 700), (700, 800)], id="spread over the data"),
+        pytest.param(0, 3, 8, None, [(0, 3)], id="too short to split"),
+        pytest.param(0, 800, 1, None, [(0, 800)], id="one window"),
+    ],
+)
+def test_windows_cover_the_range_without_gaps(
+    start: int, end: int, count: int, dense_from: int | None, expected: list[tuple[int, int]]
+) -> None:
+    assert windows(start, end, count, dense_from=dense_from) == expected
