@@ -211,6 +211,60 @@ def record_object(session: Session, obj: Mapping[str, Any], *, observed_at: date
     return Applied(customer_id=customer_id, subscription_id=None, observed_at=observed_at)
 
 
+def record_objects(session: Session, objects: Sequence[Mapping[str, Any]], *, observed_at: datetime) -> None:
+    """`record_object` for a page of objects read from the API at `observed_at`: a few statements.
+
+    The stored `deleted` mark is left as it is (a list never returns deleted objects).
+    """
+    rows: dict[str, dict[str, Any]] = {}
+    customers: dict[str, bool] = {}
+    for obj in objects:
+        object_id, kind = obj.get("id"), obj.get("object")
+        if not isinstance(object_id, str) or not isinstance(kind, str):
+            raise UnusableEvent("object lacks id or type")
+        customer_id = _customer_id(obj)
+        livemode = bool(obj.get("livemode"))
+        if customer_id is not None:
+            customers[customer_id] = livemode
+        rows[object_id] = {
+            "id": object_id,
+            "object": kind,
+            "livemode": livemode,
+            "customer_id": customer_id,
+            "payload": dict(obj),
+            "observed_at": observed_at,
+        }
+    insert_all_unless_present(
+        session,
+        Customer,
+        [
+            {"id": customer_id, "livemode": livemode, "deleted": False, "observed_at": NEVER_OBSERVED}
+            for customer_id, livemode in customers.items()
+        ],
+        key=["id"],
+    )
+    upsert_newer(session, StripeObject, list(rows.values()), key="id", version="observed_at")
+
+
+def record_customers(session: Session, customers: Sequence[Mapping[str, Any]], *, observed_at: datetime) -> None:
+    """`record_customer` for a page of customers read from the API at `observed_at`."""
+    rows: dict[str, dict[str, Any]] = {}
+    for customer in customers:
+        customer_id = customer.get("id")
+        if not isinstance(customer_id, str):
+            raise UnusableEvent("customer object has no id")
+        created = customer.get("created")
+        rows[customer_id] = {
+            "id": customer_id,
+            "livemode": bool(customer.get("livemode")),
+            "email": customer.get("email") if isinstance(customer.get("email"), str) else None,
+            "name": customer.get("name") if isinstance(customer.get("name"), str) else None,
+            "created": from_timestamp(created) if isinstance(created, int) else None,
+            "observed_at": observed_at,
+        }
+    upsert_newer(session, Customer, list(rows.values()), key="id", version="observed_at")
+
+
 def apply_events(session: Session, events: Sequence[StripeEvent]) -> list[Applied]:
     """Apply a batch of stored events; subscription versions are written together."""
     versions = [

@@ -46,7 +46,7 @@ from ledger.history import reconstruct
 from ledger.models import Customer, RunStatus, StripeObject, SyncCheckpoint, SyncRun
 from ledger.mrr import UnresolvedStripeObject
 from ledger.settings import Settings
-from ledger.state import SubscriptionVersion, UnusableEvent, record_customer, record_object, record_subscriptions
+from ledger.state import SubscriptionVersion, UnusableEvent, record_customers, record_objects, record_subscriptions
 from worker.progress import NoProgress, ProgressReporter
 from worker.ratelimit import RateLimiter, stripe_limiter
 from worker.recompute import MissingStripeObject, recompute
@@ -58,10 +58,13 @@ log = logging.getLogger("subledger.backfill")
 WINDOWS = 8
 """`created` windows each big list (customers, subscriptions, invoices) is split into."""
 
+CUSTOMER_WINDOWS = 32
+"""Windows of the customer listing, spread from FIRST_DAY (or --since)."""
+
 THREADS = 8
 """Windows read at once; the shared rate limit, not this, bounds the request rate."""
 
-HISTORY_BATCH = 100
+HISTORY_BATCH = 200
 """Customers whose history is rebuilt per transaction."""
 
 HEARTBEAT_S = 15.0
@@ -277,8 +280,11 @@ class _Backfill:
                         select(func.min(Customer.created)).where(Customer.created >= datetime.fromtimestamp(start, UTC))
                     )
                 dense_from = int(oldest.timestamp()) if oldest is not None else None
+                # Customers are read first, with nothing yet to say where the account's data starts:
+                # more windows, so the years that hold them still spread over the threads.
+                count = CUSTOMER_WINDOWS if listing is CUSTOMERS else WINDOWS
                 streams = [
-                    Stream(listing, low, high) for low, high in windows(start, end, WINDOWS, dense_from=dense_from)
+                    Stream(listing, low, high) for low, high in windows(start, end, count, dense_from=dense_from)
                 ]
             for stream in streams:
                 save_checkpoint(session, self.report.run_id, stream.name, cursor=None, objects=0)
@@ -322,8 +328,7 @@ class _Backfill:
             errors: list[str] = []
             usable = [obj for obj in page if kind != "invoices" or self.complete_lines(api, obj, errors)]
             with self.db.transaction() as session:
-                for obj in usable:
-                    self.store(session, kind, obj, read_at, errors)
+                self.store(session, kind, usable, read_at, errors)
                 objects += len(page)
                 cursor = str(page[-1]["id"])
                 save_checkpoint(session, self.report.run_id, stream.name, cursor=cursor, objects=objects)
@@ -353,18 +358,31 @@ class _Backfill:
         invoice["lines"] = dict(lines, data=data, has_more=False)
         return True
 
-    def store(self, session: Session, kind: str, obj: Mapping[str, Any], read_at: datetime, errors: list[str]) -> None:
+    def store(
+        self, session: Session, kind: str, page: Sequence[Mapping[str, Any]], read_at: datetime, errors: list[str]
+    ) -> None:
+        """Store a page with a few set-based statements; one by one if the page holds an unusable object."""
         try:
-            if kind == "customers":
-                record_customer(session, obj, observed_at=read_at)
-                return
-            record_object(session, obj, observed_at=read_at)
-            if kind == "subscriptions":
-                # Kept whole so a webhook later naming a discount by id finds it.
-                for discount in _discounts(obj):
-                    record_object(session, discount, observed_at=read_at)
-        except UnusableEvent as exc:
-            errors.append(f"{kind} {obj.get('id', '?')}: {exc}")
+            with session.begin_nested():
+                self._store_page(session, kind, page, read_at)
+            return
+        except UnusableEvent:
+            pass
+        for obj in page:
+            try:
+                with session.begin_nested():
+                    self._store_page(session, kind, [obj], read_at)
+            except UnusableEvent as exc:
+                errors.append(f"{kind} {obj.get('id', '?')}: {exc}")
+
+    @staticmethod
+    def _store_page(session: Session, kind: str, page: Sequence[Mapping[str, Any]], read_at: datetime) -> None:
+        if kind == "customers":
+            record_customers(session, page, observed_at=read_at)
+            return
+        # Subscriptions keep the discounts they carry whole, so a webhook naming one by id finds it.
+        discounts = [d for obj in page for d in _discounts(obj)] if kind == "subscriptions" else []
+        record_objects(session, [*page, *discounts], observed_at=read_at)
 
     # --- phase 2: history -------------------------------------------------------------------
 
@@ -446,16 +464,30 @@ class _Backfill:
             if subscription_id is not None:
                 invoices.setdefault(subscription_id, []).append(invoice.payload)
         prices = self._price_lookup(session)
+        histories: dict[str, list[SubscriptionVersion]] = {}
         for row in subscriptions:
             own = sorted(invoices.get(row.id, []), key=lambda invoice: (invoice.get("created") or 0, invoice["id"]))
             try:
                 history = reconstruct(row.payload, own, prices=prices, read_at=row.observed_at)
-                versions = [SubscriptionVersion(v.subscription, v.observed_at, source=self.source) for v in history]
-                record_subscriptions(session, versions)
-            except (ValueError, KeyError, TypeError) as exc:  # UnusableEvent and UnresolvedStripeObject too
+            except (ValueError, KeyError, TypeError) as exc:  # UnresolvedStripeObject too
                 errors.append(f"subscription {row.id}: its history could not be reconstructed: {exc}")
                 continue
-            counts["subscription versions"] += len(versions)
+            histories[row.id] = [
+                SubscriptionVersion(v.subscription, v.observed_at, source=self.source) for v in history
+            ]
+        try:
+            with session.begin_nested():
+                record_subscriptions(session, [v for versions in histories.values() for v in versions])
+        except UnusableEvent:
+            # Checked before anything is written: store them one by one to name the unusable ones.
+            for subscription_id, versions in list(histories.items()):
+                try:
+                    with session.begin_nested():
+                        record_subscriptions(session, versions)
+                except UnusableEvent as exc:
+                    errors.append(f"subscription {subscription_id}: its history could not be stored: {exc}")
+                    del histories[subscription_id]
+        counts["subscription versions"] += sum(len(versions) for versions in histories.values())
         results = []
         try:
             with session.begin_nested():

@@ -37,8 +37,9 @@ TEST_RATE = 25.0
 ENDPOINT_RATE = 25.0
 """Stripe's limit for one endpoint (path without ids), requests per second."""
 
-BURST_S = 1.0
-"""A full bucket holds this many seconds' worth of its rate."""
+BURST_S = 0.25
+"""A full bucket holds this many seconds' worth of its rate: small, so a burst after
+an idle spell never doubles the rate Stripe sees within one second."""
 
 KEY_PREFIX = "subledger:stripe:"
 """Redis keys of the buckets: `subledger:stripe:<mode>:global`, `…:<mode>:/v1/invoices/*/lines`."""

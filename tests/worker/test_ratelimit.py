@@ -18,7 +18,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ledger.settings import Settings
-from worker.ratelimit import Buckets, Limits, LocalBuckets, RateLimiter, RedisBuckets, endpoint, stripe_limiter
+from worker.ratelimit import BURST_S, Buckets, Limits, LocalBuckets, RateLimiter, RedisBuckets, endpoint, stripe_limiter
 
 START = 1_800_000_000.0
 TICK = 0.05
@@ -91,8 +91,8 @@ def _race(make_buckets: Callable[[], Buckets], paths: list[str], limits: Limits,
 
 
 def _assert_within(counts: list[int], rate: float) -> None:
-    """Over any run of ticks: at most a full bucket (one second's worth) plus rate × its length."""
-    burst = max(1.0, rate)
+    """Over any run of ticks: at most a full bucket (BURST_S seconds' worth) plus rate × its length."""
+    burst = max(1.0, rate * BURST_S)
     for first in range(TICKS):
         total = 0
         for last in range(first, TICKS):
@@ -106,14 +106,14 @@ def _check(make_buckets: Callable[[], Buckets]) -> None:
     same = _race(make_buckets, ["/v1/invoices", "/v1/invoices"], limits, START)
     _assert_within([a + b for a, b in zip(*same, strict=True)], limits.endpoint_rate)
     elapsed = (TICKS - 1) * TICK
-    assert sum(map(sum, same)) >= limits.endpoint_rate * (1 + elapsed) - 2, "the budget is used, not wasted"
+    assert sum(map(sum, same)) >= limits.endpoint_rate * (BURST_S + elapsed) - 2, "the budget is used, not wasted"
 
     # Later, when the buckets used above are full again.
     apart = _race(make_buckets, ["/v1/invoices", "/v1/customers/cus_1"], limits, START + 60)
     for counts in apart:
         _assert_within(counts, limits.endpoint_rate)
     _assert_within([a + b for a, b in zip(*apart, strict=True)], limits.account_rate)
-    assert sum(map(sum, apart)) >= limits.account_rate * (1 + elapsed) - 2
+    assert sum(map(sum, apart)) >= limits.account_rate * (BURST_S + elapsed) - 2
 
 
 def test_two_redis_connections_never_exceed_the_rates_together(redis: Redis, redis_url: str) -> None:
@@ -148,8 +148,9 @@ def test_acquire_sleeps_exactly_as_long_as_the_bucket_needs() -> None:
 
     limiter = RateLimiter(LocalBuckets(), Limits("test", 10.0, 10.0), clock=clock, sleep=sleep)
     waited = sum(limiter.acquire("/v1/customers") for _ in range(30))
-    assert waited == pytest.approx(2.0)  # 10 from the full bucket, then 20 at 10/s
-    assert clock.now - START == pytest.approx(2.0)
+    full = 10.0 * BURST_S  # what the full bucket holds; the rest comes at 10/s
+    assert waited == pytest.approx((30 - full) / 10.0)
+    assert clock.now - START == pytest.approx((30 - full) / 10.0)
 
 
 def test_without_redis_url_the_limiter_is_this_process_own() -> None:
@@ -163,7 +164,11 @@ def test_when_redis_stops_answering_the_process_limits_itself() -> None:
     unreachable = Redis(host="127.0.0.1", port=1, retry=Retry(NoBackoff(), 0))
     clock = FakeClock()
     limiter = RateLimiter(RedisBuckets(unreachable), Limits("test", 5.0, 5.0), clock=clock)
-    assert [limiter.try_acquire("/v1/customers") for _ in range(6)][-2:] == [0.0, pytest.approx(0.2)]
+    # A full local bucket holds max(1, 5 × BURST_S) tokens; then the next whole token refills at 5/s.
+    capacity = max(1.0, 5.0 * BURST_S)
+    full = int(capacity)
+    wait = (1 - (capacity - full)) / 5.0
+    assert [limiter.try_acquire("/v1/customers") for _ in range(full + 1)][-2:] == [0.0, pytest.approx(wait)]
     unreachable.close()
 
 
@@ -186,5 +191,5 @@ def test_two_processes_share_the_budget_on_the_real_clock(redis: Redis, redis_ur
     for process in processes:
         process.join(timeout=30)
         assert process.exitcode == 0
-    # 80 tokens: 40 in the full bucket, 40 more at 40/s.
-    assert time.monotonic() - started >= (2 * each - rate) / rate - 0.05
+    # 80 tokens: those in the full bucket, the rest at 40/s.
+    assert time.monotonic() - started >= (2 * each - rate * BURST_S) / rate - 0.05
