@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import case, delete, func, insert, select
+from sqlalchemy import Table, case, delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from ledger.db import add_to_rows
@@ -38,6 +38,12 @@ from ledger.rollup import ACCOUNT_SUMS, CustomerMonth, account_contribution, cus
 from ledger.settings import RuleSettings
 from ledger.state import RANK_RECONCILE
 from ledger.timeline import Change, Snapshot, subscription_changes
+
+TABLES: dict[str, Table] = {
+    model.__name__: model.__table__  # type: ignore[misc]
+    for model in (SubscriptionChange, Movement, CustomerMonthly)
+}
+"""Bulk inserts go to the tables directly: the ORM's per-row bookkeeping is not needed there."""
 
 CurrentState = Callable[[str], Mapping[str, Any] | None]
 """The subscription as the API shows it now, when a tie needs it (None: unknown)."""
@@ -157,7 +163,7 @@ def recompute_customers(
         for change in changes[customer_id]
     ]
     if change_rows:
-        session.execute(insert(SubscriptionChange), change_rows)
+        session.execute(insert(TABLES["SubscriptionChange"]), change_rows)
 
     stored: dict[str, list[tuple[int, tuple[Any, ...], str]]] = {customer_id: [] for customer_id in customer_ids}
     for row in session.scalars(select(Movement).where(Movement.customer_id.in_(customer_ids))):
@@ -208,7 +214,7 @@ def recompute_customers(
     if stale:
         session.execute(delete(Movement).where(Movement.id.in_(stale)))
     if new_rows:
-        session.execute(insert(Movement), new_rows)
+        session.execute(insert(TABLES["Movement"]), new_rows)
     add_to_rows(
         session,
         DailyTotal,
@@ -273,7 +279,7 @@ def _store_months(
             for name, value in values.items():
                 setattr(row, name, value)
     if fresh:
-        session.execute(insert(CustomerMonthly), fresh)
+        session.execute(insert(TABLES["CustomerMonthly"]), fresh)
     add_to_rows(
         session,
         AccountMonth,

@@ -54,8 +54,42 @@ def _resolve_price(item: dict[str, Any], lookup: Lookup) -> None:
             item["price"] = dict(stored)
 
 
-def resolve_subscription(subscription: Mapping[str, Any], lookup: Lookup) -> dict[str, Any]:
-    """A copy of `subscription` with every reference `lookup` knows filled in."""
+def _needs_resolving(subscription: Mapping[str, Any]) -> bool:
+    """Does the payload name anything by id, or lack a tiered price's tiers?"""
+
+    def discounts_need(entries: Any) -> bool:
+        for entry in entries or []:
+            if isinstance(entry, str):
+                return True
+            source = entry.get("source") if isinstance(entry, Mapping) else None
+            if isinstance(entry, Mapping) and (
+                isinstance(entry.get("coupon"), str)
+                or (isinstance(source, Mapping) and isinstance(source.get("coupon"), str))
+            ):
+                return True
+        return False
+
+    if discounts_need(subscription.get("discounts")) or discounts_need(
+        [subscription.get("discount")] if subscription.get("discount") else []
+    ):
+        return True
+    items = subscription.get("items")
+    for item in items.get("data") or [] if isinstance(items, Mapping) else []:
+        price = item.get("price")
+        if discounts_need(item.get("discounts")):
+            return True
+        if isinstance(price, Mapping) and (
+            ("type" not in price and "recurring" not in price)
+            or (price.get("billing_scheme") == "tiered" and price.get("tiers") is None)
+        ):
+            return True
+    return False
+
+
+def resolve_subscription(subscription: Mapping[str, Any], lookup: Lookup) -> Mapping[str, Any]:
+    """`subscription` with every reference `lookup` knows filled in (a copy; itself when complete)."""
+    if not _needs_resolving(subscription):
+        return subscription
     resolved = copy.deepcopy(dict(subscription))
     if isinstance(resolved.get("discounts"), list):
         resolved["discounts"] = _resolve_discounts(resolved["discounts"], lookup)

@@ -303,7 +303,7 @@ class _Reconciler:
             raise MissingStripeObject(self.catalog.why_unresolved(exc)) from None
         if ledger == stripe:
             return None
-        return _Drift(resolved, subscription_id, customer_id, ledger, stripe, never_seen=not stored)
+        return _Drift(dict(resolved), subscription_id, customer_id, ledger, stripe, never_seen=not stored)
 
     def correct(self, session: Session, customer_id: str, drifts: Sequence[_Drift], read: _Read) -> None:
         for drift in drifts:
