@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 from flask import Flask
 
+from ledger.logs import configure_logging
 from ledger.settings import ConfigError, Settings, load_settings
-from webapp import api, dashboard, errors, health, metrics_api, services, webhooks
+from webapp import api, dashboard, errors, health, metrics, metrics_api, services, webhooks
 
 MAX_BODY_BYTES = 1024 * 1024
 """Largest request body accepted (Stripe events are far smaller)."""
@@ -25,12 +25,13 @@ def create_app(settings: Settings | None = None) -> Flask:
             raise SystemExit(2) from None
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    logging.getLogger("subledger").setLevel(logging.INFO)
+    configure_logging()
     services.init_app(app, settings)
     errors.init_app(app)
     webhooks.init_app(app)
     health.init_app(app)
     api.init_app(app)
     metrics_api.init_app(app)
+    metrics.init_app(app)
     dashboard.init_app(app)
     return app

@@ -29,6 +29,9 @@ from webapp.services import services
 bp = Blueprint("metrics_api", __name__, url_prefix="/api/v1")
 bp.before_request(require_api_token)
 
+MIN_YEAR, MAX_YEAR = 1970, 2999
+"""Dates outside these years cannot be about a Stripe account."""
+
 MAX_POINTS = 2000
 """Points one /mrr answer may hold (e.g. five years of days)."""
 
@@ -38,9 +41,12 @@ def _day(name: str) -> date | None:
     if raw is None or raw == "":
         return None
     try:
-        return date.fromisoformat(raw) if len(raw) == 10 else datetime.strptime(raw, "%Y-%m").date()
+        parsed = date.fromisoformat(raw) if len(raw) == 10 else datetime.strptime(raw, "%Y-%m").date()
     except ValueError:
         abort(400, description=f"{name} must be a date, YYYY-MM-DD (or YYYY-MM)")
+    if not MIN_YEAR <= parsed.year <= MAX_YEAR:
+        abort(400, description=f"{name} must be a date between {MIN_YEAR} and {MAX_YEAR}")
+    return parsed
 
 
 def _month(name: str) -> date | None:
@@ -159,7 +165,7 @@ def movements() -> ResponseReturnValue:
                 start=start,
                 end=end,
                 types=types,
-                customer=request.args.get("customer") or None,
+                customer=_customer_id(request.args["customer"], "customer") if request.args.get("customer") else None,
                 limit=limit,
                 cursor=cursor,
             )
@@ -250,9 +256,16 @@ def cohorts() -> ResponseReturnValue:
     return jsonify(currency=currency, cohorts=result)
 
 
+def _customer_id(value: str, name: str) -> str:
+    if "\x00" in value or len(value) > 255:
+        abort(400, description=f"{name} is not a Stripe customer id")
+    return value
+
+
 @bp.get("/customers/<customer_id>")
 def customer(customer_id: str) -> ResponseReturnValue:
     """One customer's MRR timeline, subscriptions and movements with their sources."""
+    customer_id = _customer_id(customer_id, "customer")
     found = services()
     with found.database.session() as session:
         story = customer_story(session, customer_id, now=utcnow())

@@ -10,6 +10,7 @@ delay (the sweeper finds the pending row later), never the event.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 
@@ -18,7 +19,8 @@ from flask import Blueprint, Flask, jsonify, request
 from flask.typing import ResponseReturnValue
 from redis import Redis, RedisError
 from rq import Queue, Retry
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, SQLAlchemyError
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from ledger.db import utcnow
 from ledger.intake import (
@@ -38,24 +40,44 @@ from webapp.services import services
 SIGNATURE_TOLERANCE_S = 300
 """Stripe's default: a signature older than this is a replay."""
 
+COUNTERS_KEY = "subledger:metrics:webhooks"
+"""Redis hash of delivery counts by outcome, shared by every web process (webapp.metrics reads it).
+
+`received` counts every delivery; each one also counts once under `stored`,
+`ignored` (stored, or a preview without id, but not used), `duplicate`,
+`rejected:<reason>` or `failed` (not stored: 503)."""
+
 log = logging.getLogger("subledger.web")
 bp = Blueprint("webhooks", __name__)
 
 
-def _rejected(reason: str, status: int = 400) -> ResponseReturnValue:
+def _count(outcome: str) -> None:
+    """Add one delivery to the shared counters; a Redis problem never changes the answer."""
+    connection = services().redis
+    if connection is None:
+        return
+    pipeline = connection.pipeline(transaction=False)
+    pipeline.hincrby(COUNTERS_KEY, "received")
+    pipeline.hincrby(COUNTERS_KEY, outcome)
+    with contextlib.suppress(RedisError):
+        pipeline.execute()
+
+
+def _rejected(reason: str, status: int = 400, *, counted_as: str) -> ResponseReturnValue:
     log.warning("webhook rejected", extra={"reason": reason})
+    _count(f"rejected:{counted_as}")
     return jsonify(error=reason), status
 
 
-def _signature_problem(payload: str, header: str | None, secrets: tuple[str, ...]) -> str | None:
-    """None when one of the secrets signed the payload; otherwise what is wrong.
+def _signature_problem(payload: str, header: str | None, secrets: tuple[str, ...]) -> tuple[str, str] | None:
+    """None when one of the secrets signed the payload; otherwise what is wrong, and its counter name.
 
     Several secrets are tried so a rotation (old and new endpoint secret both
     configured) loses nothing.
     """
     if not header:
-        return "missing Stripe-Signature header"
-    problem = "signature does not match"
+        return "missing Stripe-Signature header", "no_signature"
+    problem = "signature does not match", "bad_signature"
     for secret in secrets:
         try:
             stripe.WebhookSignature.verify_header(payload, header, secret, SIGNATURE_TOLERANCE_S)
@@ -63,9 +85,9 @@ def _signature_problem(payload: str, header: str | None, secrets: tuple[str, ...
         except stripe.SignatureVerificationError as exc:
             message = str(exc)
             if "tolerance" in message:
-                problem = "signature timestamp outside the tolerance zone"
+                problem = "signature timestamp outside the tolerance zone", "stale_signature"
             elif "Unable to extract" in message or "expected scheme" in message:
-                return "malformed Stripe-Signature header"
+                return "malformed Stripe-Signature header", "malformed_signature"
     return problem
 
 
@@ -81,28 +103,37 @@ def receive_stripe_event() -> ResponseReturnValue:
     found = services()
     if not found.settings.webhook_secrets:
         # 503, not 400: Stripe keeps retrying, so nothing is lost once the secret is set.
-        return _rejected("STRIPE_WEBHOOK_SECRET is not configured", 503)
-    raw = request.get_data(cache=False)  # 413 past MAX_CONTENT_LENGTH
+        return _rejected("STRIPE_WEBHOOK_SECRET is not configured", 503, counted_as="not_configured")
+    try:
+        raw = request.get_data(cache=False)  # 413 past MAX_CONTENT_LENGTH
+    except RequestEntityTooLarge:
+        _count("rejected:too_large")
+        raise
     try:
         payload = raw.decode("utf-8")
     except UnicodeDecodeError:
-        return _rejected("body is not UTF-8")
+        return _rejected("body is not UTF-8", counted_as="not_utf8")
     problem = _signature_problem(payload, request.headers.get("Stripe-Signature"), found.settings.webhook_secrets)
     if problem:
-        return _rejected(problem)
+        return _rejected(problem[0], counted_as=problem[1])
     try:
         event = validate_event(json.loads(payload))
-    except (ValueError, NotAnEvent) as exc:
+    except (ValueError, RecursionError, NotAnEvent) as exc:  # RecursionError: nested too deep to parse
         reason = str(exc) if isinstance(exc, NotAnEvent) else "body is not JSON"
-        return _rejected(f"not a Stripe event: {reason}")
+        return _rejected(f"not a Stripe event: {reason}", counted_as="not_an_event")
     if event.get("id") is None:
         # Previews such as invoice.upcoming carry no id: nothing to keep or dedupe.
+        _count("ignored")
         return jsonify(received=True)
     try:
         with found.database.transaction() as session:
             result = store_event(session, event, received_via="webhook", now=utcnow())
+    except DataError:
+        # A value the database refuses (a NUL byte, NaN, an over-long type): retrying cannot help.
+        return _rejected("not a Stripe event: a value cannot be stored", counted_as="not_an_event")
     except SQLAlchemyError as exc:
         log.error("event not stored", extra={"event_id": event["id"], "error": type(exc).__name__})
+        _count("failed")
         return jsonify(error="event could not be stored; retry later"), 503
     if result.stored and result.status is EventStatus.PENDING and found.redis is not None:
         try:
@@ -113,6 +144,10 @@ def receive_stripe_event() -> ResponseReturnValue:
         "webhook stored" if result.stored else "webhook duplicate",
         extra={"event_id": event["id"], "event_type": event["type"], "status": result.status.value},
     )
+    if not result.stored:
+        _count("duplicate")
+    else:
+        _count("stored" if result.status is EventStatus.PENDING else "ignored")
     return jsonify(received=True)
 
 

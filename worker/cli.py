@@ -19,8 +19,10 @@ from redis import Redis, RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
 from ledger.db import Database
+from ledger.logs import configure_logging
 from ledger.models import RunStatus
 from ledger.settings import ConfigError, Settings, load_settings
+from worker.backfill import BackfillFailed
 from worker.runs import RunRefused, RunReport
 from worker.stripe_api import StripeUnavailable
 
@@ -373,14 +375,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     # Libraries log at WARNING: their INFO chatter (alembic's plugin set-up at import)
     # would otherwise come before the one line a failure prints.
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    for name in ("subledger", "rq", "alembic.runtime.migration"):
-        logging.getLogger(name).setLevel(logging.INFO)
+    configure_logging(("subledger", "rq", "alembic.runtime.migration"))
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except (ConfigError, CommandError, RunRefused, StripeUnavailable) as exc:
+    except (ConfigError, CommandError, RunRefused, StripeUnavailable, BackfillFailed) as exc:
         print(f"subledger: {exc}", file=sys.stderr)
     except SQLAlchemyError as exc:
         print(f"subledger: database error: {type(exc).__name__}: {str(exc).splitlines()[0]}", file=sys.stderr)
