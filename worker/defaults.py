@@ -20,8 +20,9 @@ SWEEP_INTERVAL_S = 60
 PARTITIONS_PER_PASS = 200
 """Customers a drain job claims per transaction (PostgreSQL)."""
 
-SQLITE_PARTITIONS_PER_PASS = 25
-"""The same on SQLite, whose single write lock webhooks wait for between batches."""
+SQLITE_PARTITIONS_PER_PASS = 200
+"""The same on SQLite. Kept as large: a catalog object (a coupon) must land in the
+same batch as, or before, the subscriptions naming it when no API key can fetch it."""
 
 DRAIN_BUDGET_S = 120
 """A drain job hands over to a fresh job after this long, so no job runs unbounded."""
