@@ -28,7 +28,7 @@ from ledger.intake import USED_EVENT_TYPES, NotAnEvent, store_event, validate_ev
 from ledger.models import EventStatus, RunStatus, SyncRun
 from ledger.settings import Settings
 from worker.queues import wake_shard
-from worker.runs import RunReport, finish_run, heartbeat, start_run
+from worker.runs import RunReport, finish_run, heartbeat, record_stop, start_run
 from worker.stripe_api import StripeAPI, StripeUnavailable
 
 log = logging.getLogger("subledger.catchup")
@@ -135,10 +135,6 @@ def catch_up(db: Database, settings: Settings, redis: Redis | None, *, api: Stri
         report.error(f"reading events from Stripe: {exc}")
         return finish_run(db, report, RunStatus.FAILED)
     except BaseException as exc:
-        report.error(f"stopped: {type(exc).__name__}: {exc}")
-        try:
-            finish_run(db, report, RunStatus.FAILED)
-        except Exception:  # the database may be what failed; the original error matters more
-            log.exception("could not record the failed catch-up run")
+        record_stop(db, report, exc)
         raise
     return finish_run(db, report)

@@ -43,7 +43,7 @@ from ledger.timeline import PAYING_STATUSES, Snapshot, subscription_changes
 from worker.defaults import STUCK_AFTER_S
 from worker.processing import lock_partition
 from worker.recompute import MAX_FETCHES_PER_CUSTOMER, MissingStripeObject, fetch_missing, recompute
-from worker.runs import RunReport, finish_run, heartbeat, start_run
+from worker.runs import RunReport, finish_run, heartbeat, record_stop, start_run
 from worker.stripe_api import StripeAPI, StripeUnavailable
 
 log = logging.getLogger("subledger.reconcile")
@@ -417,11 +417,7 @@ def reconcile(db: Database, settings: Settings, *, api: StripeAPI | None = None)
         report.error(f"reading subscriptions from Stripe: {exc}")
         return finish_run(db, report, RunStatus.FAILED)
     except BaseException as exc:
-        report.error(f"stopped: {type(exc).__name__}: {exc}")
-        try:
-            finish_run(db, report, RunStatus.FAILED)
-        except Exception:  # the database may be what failed; the original error matters more
-            log.exception("could not record the failed reconcile run")
+        record_stop(db, report, exc)
         raise
     log.info("reconcile finished", extra={"run": report.run_id, "counts": dict(report.counts)})
     return finish_run(db, report)

@@ -8,6 +8,7 @@ unfinished backfill with the same parameters, from its checkpoints.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from sqlalchemy.orm import Session
 
 from ledger.db import Database, utcnow
 from ledger.models import RunStatus, SyncCheckpoint, SyncRun
+
+log = logging.getLogger("subledger.runs")
 
 STALE_AFTER = timedelta(minutes=10)
 """A running run whose heartbeat is older than this is taken to have died."""
@@ -125,6 +128,19 @@ def finish_run(db: Database, report: RunReport, status: RunStatus | None = None)
             run.counts = dict(report.counts)
             run.errors = report.errors
     return report
+
+
+def record_stop(db: Database, report: RunReport, exc: BaseException) -> None:
+    """Mark a run failed because `exc` stopped it; the caller re-raises `exc`.
+
+    The database may be what failed: then the failure is logged, and the
+    original error is what the caller sees.
+    """
+    report.error(f"stopped: {type(exc).__name__}: {exc}")
+    try:
+        finish_run(db, report, RunStatus.FAILED)
+    except Exception:
+        log.exception("could not record the failed run", extra={"run": report.run_id})
 
 
 def checkpoint(session: Session, run_id: str, stream: str) -> SyncCheckpoint | None:
