@@ -270,12 +270,12 @@ def _line_rates(line: Mapping[str, Any], stored: PriceLookup) -> dict[str, Any]:
     if _line_details(line) is None:
         rates = {key: line[key] for key in ("price", "plan") if isinstance(line.get(key), Mapping)}
         if rates:
-            return {key: copy.deepcopy(rate) for key, rate in rates.items()}
+            return rates
     price = _mapping(_mapping(line.get("pricing")).get("price_details")).get("price")
     if price is None:
         price = line.get("price")
     if isinstance(price, Mapping):
-        return {"price": copy.deepcopy(price)}
+        return {"price": price}
     price_id = _id(price)
     if price_id is None:
         raise UnresolvedStripeObject(
@@ -284,7 +284,7 @@ def _line_rates(line: Mapping[str, Any], stored: PriceLookup) -> dict[str, Any]:
             missing="price",
         )
     found = stored(price_id)
-    return {"price": copy.deepcopy(dict(found)) if found is not None else {"id": price_id}}
+    return {"price": found if found is not None else {"id": price_id}}
 
 
 def _subscription_item_id(line: Mapping[str, Any]) -> str | None:
@@ -320,13 +320,17 @@ def _version_payload(
     billed: _Billed,
     rates: _Rates,
 ) -> dict[str, Any]:
-    """The current subscription, with the items, discounts and status this billing says."""
+    """The current subscription, with the items, discounts and status this billing says.
+
+    The payload shares its objects with `current`, the invoice and the price
+    lookup: most are dropped unchanged, so the caller copies the ones it keeps.
+    """
     invoice = billed.invoice
     known = _known_discounts(invoice, *billed.lines, current, *_items_of(current))
     on_invoice = _discount_ids(invoice)
 
     def expanded(discount_id: str) -> Any:
-        return copy.deepcopy(known[discount_id]) if discount_id in known else discount_id
+        return known.get(discount_id, discount_id)
 
     subscription_id = str(current["id"])
     items = [
@@ -338,7 +342,7 @@ def _version_payload(
         )
         for line in billed.lines
     ]
-    version = copy.deepcopy(dict(current))
+    version = dict(current)
     version_items = dict(_mapping(version.get("items")))
     version_items.update(object="list", data=items, has_more=False)
     if "total_count" in version_items:
@@ -438,12 +442,16 @@ def reconstruct(
         raise ValueError("subscription has no id")
     rates = _rate_reader(prices, subscription)
     versions: list[HistoricalVersion] = []
+    last: tuple[Any, ...] | None = None
     for billed in _latest_billing(subscription_id, invoices, rates):
         payload = _version_payload(subscription, billed, rates)
-        if versions and _signature(versions[-1].subscription) == _signature(payload):
+        signature = _signature(payload)
+        if signature == last:
             continue
-        versions.append(HistoricalVersion(payload, billed.period_start, f"invoice:{_id(billed.invoice)}"))
-    if versions and _signature(versions[-1].subscription) == _signature(subscription):
+        last = signature
+        source = f"invoice:{_id(billed.invoice)}"
+        versions.append(HistoricalVersion(copy.deepcopy(payload), billed.period_start, source))
+    if versions and last == _signature(subscription):
         return versions
     observed_at = _current_observed_at(subscription, read_at)
     if versions and observed_at <= versions[-1].observed_at:

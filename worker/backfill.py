@@ -55,13 +55,13 @@ from worker.stripe_api import StripeAPI, StripeUnavailable
 
 log = logging.getLogger("subledger.backfill")
 
-WINDOWS = 8
+WINDOWS = 32
 """`created` windows each big list (customers, subscriptions, invoices) is split into."""
 
 CUSTOMER_WINDOWS = 32
 """Windows of the customer listing, spread from FIRST_DAY (or --since)."""
 
-THREADS = 8
+THREADS = 12
 """Windows read at once; the shared rate limit, not this, bounds the request rate."""
 
 HISTORY_BATCH = 200
@@ -218,6 +218,8 @@ class _Backfill:
         self._lock = threading.Lock()
         self._local = threading.local()
         self._beat_at = time.monotonic()
+        self._prices: dict[str, Mapping[str, Any]] = {}
+        """Stored prices the history phase has read: a run reads each once."""
         with db.session() as session:
             run = session.get(SyncRun, report.run_id)
             assert run is not None
@@ -295,7 +297,10 @@ class _Backfill:
         for kind in dict.fromkeys(stream.listing.kind for stream in streams):
             self.progress.stream(kind)
         pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="backfill")
-        pending: set[Future[None]] = {pool.submit(self.read_stream, stream) for stream in streams}
+        # Newest windows first: an account grows, so they hold the most pages, and a
+        # small old window, not a big new one, is what the last thread is left with.
+        ordered = sorted(streams, key=lambda stream: -(stream.created_gte or 0))
+        pending: set[Future[None]] = {pool.submit(self.read_stream, stream) for stream in ordered}
         try:
             while pending:
                 finished, pending = wait(pending, timeout=HEARTBEAT_S, return_when=FIRST_EXCEPTION)
@@ -507,12 +512,14 @@ class _Backfill:
     def _stored(kind: str, customers: Sequence[str]) -> Any:
         return select(StripeObject).where(StripeObject.object == kind, StripeObject.customer_id.in_(customers))
 
-    @staticmethod
-    def _price_lookup(session: Session) -> Callable[[str], Mapping[str, Any] | None]:
+    def _price_lookup(self, session: Session) -> Callable[[str], Mapping[str, Any] | None]:
         def price(price_id: str) -> Mapping[str, Any] | None:
-            # The session's identity map keeps each price loaded once per batch.
-            row = session.get(StripeObject, price_id)
-            return row.payload if row is not None and row.object in ("price", "plan") else None
+            if price_id not in self._prices:
+                row = session.get(StripeObject, price_id)
+                if row is None or row.object not in ("price", "plan"):
+                    return None  # not kept: a later batch may find it stored
+                self._prices[price_id] = row.payload
+            return self._prices[price_id]
 
         return price
 
