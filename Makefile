@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo run test lint typecheck unit
+.PHONY: demo run test lint typecheck unit screenshot
 
 $(BIN)/subledger: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,3 +28,8 @@ unit: $(BIN)/subledger
 	$(BIN)/python -m pytest
 
 test: lint typecheck unit
+
+# The README's picture of the dashboard, taken by the browser test from the demo.
+screenshot: $(BIN)/subledger
+	SUBLEDGER_README_SCREENSHOT=docs/images/dashboard.png $(BIN)/python -m pytest -q \
+		tests/webapp/test_browser.py::test_the_demo_dashboard_shows_the_apis_mrr

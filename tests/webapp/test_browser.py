@@ -4,10 +4,12 @@ reads back what Plotly drew and compares it with the seeded account.
 Needs the Debian packages `chromium` and `chromium-driver` (.ci/run installs
 them); skipped, saying so, where they are not installed. Screenshots are saved
 under the test's tmp dir and their paths printed (`pytest -s` shows them).
+`make screenshot` has the demo's overview saved as the README's picture too.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 from collections.abc import Callable, Iterator
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from flask import Flask
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
@@ -25,10 +28,15 @@ from werkzeug.serving import make_server
 from ledger.db import Database
 from ledger.settings import Settings
 from tests.webapp.seed import EUR_MRR, USD_MRR, Seeded, seed
+from tests.worker.test_demo import DASHBOARD_TIMEOUT_S, RunningDemo
+from webapp.report import money
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage")
+
+README_SCREENSHOT = os.environ.get("SUBLEDGER_README_SCREENSHOT")
+"""Where the demo's overview is copied for the README (`make screenshot`); unset, it stays in tmp."""
 
 pytestmark = pytest.mark.skipif(
     not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
@@ -92,10 +100,10 @@ def shoot(driver: webdriver.Chrome, directory: Path, name: str) -> Path:
     return path
 
 
-def log_in(driver: webdriver.Chrome, base: str) -> None:
+def log_in(driver: webdriver.Chrome, base: str, token: str = "test-token") -> None:
     driver.get(base + "/")
     assert "/login" in driver.current_url
-    driver.find_element(By.NAME, "token").send_keys("test-token")
+    driver.find_element(By.NAME, "token").send_keys(token)
     driver.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
     WebDriverWait(driver, 20).until(lambda d: d.current_url.rstrip("/") == base)
 
@@ -164,3 +172,25 @@ def test_readable_on_a_phone(browser: webdriver.Chrome, server: str, tmp_path: P
             browser.execute_script("document.querySelector('.js-plotly-plot').scrollIntoView();")
             shoot(browser, tmp_path, name + "-chart")
     assert console_errors(browser) == []
+
+
+@pytest.mark.slow
+def test_the_demo_dashboard_shows_the_apis_mrr(browser: webdriver.Chrome, tmp_path: Path) -> None:
+    """The README's picture: the overview of `subledger demo` on its default account."""
+    demo = RunningDemo(tmp_path / "demo", customers=300)
+    try:
+        line = demo.wait_for_line("Dashboard:", DASHBOARD_TIMEOUT_S)
+        url, token = line.split()[1].rstrip("/"), line.split()[3]
+        answer = requests.get(f"{url}/api/v1/summary", headers={"Authorization": f"Bearer {token}"}, timeout=30).json()
+        log_in(browser, url, token)
+        browser.set_window_size(1280, 1100)
+        open_page(browser, url + "/", charts=1)
+        assert plotted(browser, "chart-mrr-usd")[-1] == answer["mrr"] / 100
+        headline = browser.find_element(By.CSS_SELECTOR, "[data-metric=mrr] .value").text
+        assert headline == money(answer["mrr"], "usd")
+        assert console_errors(browser) == []
+        picture = shoot(browser, tmp_path, "demo-overview")
+    finally:
+        assert demo.stop() == 0, "".join(demo.output)
+    if README_SCREENSHOT:
+        shutil.copyfile(picture, README_SCREENSHOT)

@@ -101,12 +101,13 @@ def test_a_port_in_use_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
 class RunningDemo:
     """`subledger demo` as a child process, its output read line by line."""
 
-    def __init__(self, directory: Path, *flags: str) -> None:
+    def __init__(self, directory: Path, *flags: str, customers: int = 60) -> None:
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
         command = [
             os.path.join(os.path.dirname(sys.executable), "subledger"),
-            "demo", "--no-live", "--customers", "60", "--port", str(self.port), "--dir", str(directory), *flags,
+            "demo", "--no-live", "--customers", str(customers),
+            "--port", str(self.port), "--dir", str(directory), *flags,
         ]  # fmt: skip
         self.process = subprocess.Popen(
             command, cwd=directory.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
