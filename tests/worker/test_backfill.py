@@ -358,6 +358,15 @@ def test_a_network_error_is_retried(db: Database, config: Settings, stripe: Fake
     assert set(stored(db, "product")) == {"prod_basic"}
 
 
+def test_the_newest_windows_are_read_first(db: Database, config: Settings, stripe: FakeStripe) -> None:
+    history_account(stripe)
+    report = run_backfill(db, config, threads=1)
+    assert report.status is RunStatus.OK, report.errors
+    starts = [int(query["created[gte]"]) for path, query in stripe.requests if path == "/v1/invoices"]
+    assert len(starts) > 1
+    assert starts == sorted(starts, reverse=True)
+
+
 def test_since_reads_objects_created_from_that_day_and_the_whole_catalog(
     db: Database, config: Settings, stripe: FakeStripe
 ) -> None:
