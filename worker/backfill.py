@@ -56,10 +56,9 @@ from worker.stripe_api import StripeAPI, StripeUnavailable
 log = logging.getLogger("subledger.backfill")
 
 WINDOWS = 32
-"""`created` windows each big list (customers, subscriptions, invoices) is split into."""
-
-CUSTOMER_WINDOWS = 32
-"""Windows of the customer listing, spread from FIRST_DAY (or --since)."""
+"""`created` windows each big list (customers, subscriptions, invoices) is split into: enough
+that the threads stay busy to the end, and that customers, read before anything says where the
+account's data starts, still spread over the threads when they hold only the last few years."""
 
 THREADS = 12
 """Windows read at once; the shared rate limit, not this, bounds the request rate."""
@@ -282,11 +281,8 @@ class _Backfill:
                         select(func.min(Customer.created)).where(Customer.created >= datetime.fromtimestamp(start, UTC))
                     )
                 dense_from = int(oldest.timestamp()) if oldest is not None else None
-                # Customers are read first, with nothing yet to say where the account's data starts:
-                # more windows, so the years that hold them still spread over the threads.
-                count = CUSTOMER_WINDOWS if listing is CUSTOMERS else WINDOWS
                 streams = [
-                    Stream(listing, low, high) for low, high in windows(start, end, count, dense_from=dense_from)
+                    Stream(listing, low, high) for low, high in windows(start, end, WINDOWS, dense_from=dense_from)
                 ]
             for stream in streams:
                 save_checkpoint(session, self.report.run_id, stream.name, cursor=None, objects=0)

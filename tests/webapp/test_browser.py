@@ -191,6 +191,7 @@ def test_the_demo_dashboard_shows_the_apis_mrr(browser: webdriver.Chrome, tmp_pa
         assert console_errors(browser) == []
         picture = shoot(browser, tmp_path, "demo-overview")
     finally:
-        assert demo.stop() == 0, "".join(demo.output)
+        status = demo.stop()
+    assert status == 0, "".join(demo.output)
     if README_SCREENSHOT:
         shutil.copyfile(picture, README_SCREENSHOT)
