@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 from flask import Flask
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
@@ -28,7 +27,7 @@ from werkzeug.serving import make_server
 from ledger.db import Database
 from ledger.settings import Settings
 from tests.webapp.seed import EUR_MRR, USD_MRR, Seeded, seed
-from tests.worker.test_demo import DASHBOARD_TIMEOUT_S, RunningDemo
+from tests.worker.test_demo import RunningDemo, api_get
 from webapp.report import money
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -179,9 +178,8 @@ def test_the_demo_dashboard_shows_the_apis_mrr(browser: webdriver.Chrome, tmp_pa
     """The README's picture: the overview of `subledger demo` on its default account."""
     demo = RunningDemo(tmp_path / "demo", customers=300)
     try:
-        line = demo.wait_for_line("Dashboard:", DASHBOARD_TIMEOUT_S)
-        url, token = line.split()[1].rstrip("/"), line.split()[3]
-        answer = requests.get(f"{url}/api/v1/summary", headers={"Authorization": f"Bearer {token}"}, timeout=30).json()
+        url, token = demo.wait_for_dashboard()
+        answer = api_get(f"{url}/api/v1/summary", token)
         log_in(browser, url, token)
         browser.set_window_size(1280, 1100)
         open_page(browser, url + "/", charts=1)

@@ -134,6 +134,11 @@ class RunningDemo:
                 return line
         raise AssertionError(f"no line starting {start!r} within {timeout:.0f} s:\n{''.join(self.output)}")
 
+    def wait_for_dashboard(self) -> tuple[str, str]:
+        """The dashboard's URL and token, once the demo says it is ready."""
+        line = self.wait_for_line("Dashboard:", DASHBOARD_TIMEOUT_S)
+        return line.split()[1].rstrip("/"), line.split()[3]
+
     def stop(self) -> int:
         self.process.send_signal(signal.SIGINT)
         status = self.process.wait(timeout=30)
@@ -142,7 +147,7 @@ class RunningDemo:
         return status
 
 
-def _get(url: str, token: str, **params: str) -> Any:
+def api_get(url: str, token: str, **params: str) -> Any:
     response = requests.get(url, params=params, headers={"Authorization": f"Bearer {token}"}, timeout=30)
     assert response.status_code == 200, response.text
     return response.json()
@@ -153,13 +158,12 @@ def _run_and_check(tmp_path: Path, *flags: str, check: Any) -> list[str]:
     demo = RunningDemo(directory, *flags)
     started: set[int] = set()
     try:
-        line = demo.wait_for_line("Dashboard:", DASHBOARD_TIMEOUT_S)
-        url, token = line.split()[1].rstrip("/"), line.split()[3]
+        url, token = demo.wait_for_dashboard()
         assert url == f"http://127.0.0.1:{demo.port}"
         expected = json.loads((directory / "account" / "expected_mrr.json").read_text())
         days = sorted(expected["usd"])
-        answer = _get(f"{url}/api/v1/mrr", token, interval="day", start=days[0], end=days[-1])
-        summary = _get(f"{url}/api/v1/summary", token, month=days[-1][:7])
+        answer = api_get(f"{url}/api/v1/mrr", token, interval="day", start=days[0], end=days[-1])
+        summary = api_get(f"{url}/api/v1/summary", token, month=days[-1][:7])
         check(answer, summary, expected, directory)
         started = descendants(demo.process.pid)
         assert len(started) >= 5  # redis, gunicorn (+ its workers), two workers, clock
