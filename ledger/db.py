@@ -14,6 +14,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
+from ledger import jsoncodec
+
 SQLITE_BUSY_TIMEOUT_S = 30
 """How long a SQLite writer waits for another one before giving up."""
 
@@ -55,10 +57,14 @@ def from_timestamp(seconds: int | float) -> datetime:
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """An engine for `url`, with SQLite made safe for several processes.
 
+    JSON columns go through `ledger.jsoncodec` (orjson, exact for any integer).
+
     SQLite gets WAL (readers don't block the writer), a busy timeout, and
     `BEGIN IMMEDIATE` so two writers queue up instead of failing on a lock
     upgrade half-way through a transaction.
     """
+    kwargs.setdefault("json_serializer", jsoncodec.dumps)
+    kwargs.setdefault("json_deserializer", jsoncodec.loads)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "isolation_level": None}, **kwargs)
 
@@ -144,19 +150,25 @@ def insert_unless_present(session: Session, model: type[Any], values: dict[str, 
 def insert_all_unless_present(
     session: Session, model: type[Any], rows: list[dict[str, Any]], *, key: list[str]
 ) -> None:
-    """`insert_unless_present` for many rows, as one batched statement."""
+    """`insert_unless_present` for many rows, as one batched statement.
+
+    Rows go in key order, so two writers inserting some of the same keys lock
+    them in the same order and never deadlock.
+    """
     if rows:
-        session.execute(_insert(session)(model).on_conflict_do_nothing(index_elements=key), rows)
+        ordered = sorted(rows, key=lambda row: tuple(row[column] for column in key))
+        session.execute(_insert(session)(model).on_conflict_do_nothing(index_elements=key), ordered)
 
 
 def upsert_newer(session: Session, model: type[Any], rows: list[dict[str, Any]], *, key: str, version: str) -> None:
     """Insert rows, or overwrite stored ones whose `version` column is not newer.
 
     An older version arriving late never replaces a newer one. `rows` must
-    hold each key once.
+    hold each key once; they go in key order, so concurrent writers never deadlock.
     """
     if not rows:
         return
+    rows = sorted(rows, key=lambda row: row[key])
     statement = _insert(session)(model)
     statement = statement.on_conflict_do_update(
         index_elements=[key],

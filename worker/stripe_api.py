@@ -14,14 +14,14 @@ buckets every process of this deployment shares.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 import stripe
 
+from ledger import jsoncodec
 from ledger.settings import Settings
 from worker.ratelimit import stripe_limiter
 
@@ -74,7 +74,7 @@ class StripeAPI:
         for attempt in range(MAX_RATE_LIMIT_RETRIES + 1):
             self._throttle(path)
             try:
-                response = self.client.raw_request("get", path, **params)
+                return self._get_once(path, params)
             except stripe.RateLimitError as exc:
                 if attempt == MAX_RATE_LIMIT_RETRIES:
                     raise StripeUnavailable(f"Stripe kept answering 429 to GET {path}") from None
@@ -90,9 +90,30 @@ class StripeAPI:
                 raise StripeUnavailable("Stripe rejected STRIPE_API_KEY") from None
             except stripe.StripeError as exc:
                 raise StripeUnavailable(f"Stripe error on GET {path}: {type(exc).__name__}") from None
-            document: dict[str, Any] = json.loads(response.body)
-            return document
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _get_once(self, path: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        """One GET through the SDK's transport (key, API version, network retries), its answer parsed once.
+
+        `StripeClient.raw_request` parses every answer into OrderedDicts, the slowest
+        of Python's JSON readers, and a backfill reads hundreds of thousands of
+        objects: a success is read by `ledger.jsoncodec`; any other answer goes
+        through the SDK's own interpretation, which raises its error for the status.
+        """
+        requestor = self.client._requestor
+        body, status, headers = requestor.request_raw(
+            "get", path, params=params, options={}, base_address="api", api_mode="V1", usage=["raw_request"]
+        )
+        if 200 <= status < 300:
+            try:
+                document = jsoncodec.loads(cast(str | bytes, body))
+            except ValueError:
+                document = None
+            if not isinstance(document, dict):
+                raise StripeUnavailable(f"Stripe answered GET {path} with something other than a JSON object")
+            return document
+        requestor._interpret_response(body, status, headers, "V1")
+        raise StripeUnavailable(f"Stripe answered GET {path} with HTTP {status}")
 
     def pages(
         self, path: str, *, starting_after: str | None = None, limit: int = PAGE_SIZE, **params: Any
