@@ -245,6 +245,10 @@ class SyncCheckpoint(Base):
     done: Mapped[bool] = mapped_column(default=False)
     objects: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime]
+    counts: Mapped[dict[str, int] | None] = mapped_column(JsonDocument)
+    """What the stream's process did so far (the backfill's history process), committed with its cursor."""
+    errors: Mapped[list[str] | None] = mapped_column(JsonDocument)
+    """The errors that process met so far, with the same commit."""
 
 
 class DriftItem(Base):

@@ -57,6 +57,12 @@ class RunReport:
         return f"{self.kind} {self.run_id} {self.status.value}: {counted or 'nothing to do'}{tail}"
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
 def _live(run: SyncRun, now: datetime) -> bool:
     return run.status == RunStatus.RUNNING.value and now - run.heartbeat_at < STALE_AFTER
 
@@ -148,7 +154,15 @@ def checkpoint(session: Session, run_id: str, stream: str) -> SyncCheckpoint | N
 
 
 def save_checkpoint(
-    session: Session, run_id: str, stream: str, *, cursor: str | None, objects: int, done: bool = False
+    session: Session,
+    run_id: str,
+    stream: str,
+    *,
+    cursor: str | None,
+    objects: int,
+    done: bool = False,
+    counts: dict[str, int] | None = None,
+    errors: list[str] | None = None,
 ) -> None:
     """Record progress in the same transaction as the page's data, so a resume is exact."""
     row = session.get(SyncCheckpoint, (run_id, stream))
@@ -158,4 +172,6 @@ def save_checkpoint(
     row.cursor = cursor
     row.objects = objects
     row.done = done
+    row.counts = counts
+    row.errors = errors
     row.updated_at = utcnow()

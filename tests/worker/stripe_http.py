@@ -5,7 +5,8 @@ Lists are ordered newest first (`created`, then id), honour `created[gte|gt|lt|l
 unless asked) and `status` for subscriptions (canceled ones only with
 `status=all`). Invoices embed their first 10 lines, as Stripe does, and
 `/v1/invoices/<id>/lines` pages through all of them. `fail(...)` queues answers
-(a 429, a 500, an exception) for requests matching a path and query. Every
+(a 429, a 500, an exception) for requests matching a path and query; `hooks`
+see each request before it is answered. Every
 request is kept in `requests` as (path, query) for the test to inspect, and
 those that got a queued answer in `faulted` too.
 """
@@ -47,6 +48,8 @@ class FakeStripe:
         self.requests: list[tuple[str, Query]] = []
         self.faulted: list[tuple[str, Query]] = []
         self._faults: list[_Fault] = []
+        self.hooks: list[Callable[[str, Query], None]] = []
+        """Called with each request's path and query before it is answered (to hold or observe it)."""
         mock.add_callback(responses.GET, re.compile(re.escape(base) + r"/v1/.*"), callback=self._answer)
 
     def add(self, resource: str, *objects: dict[str, Any]) -> None:
@@ -78,6 +81,8 @@ class FakeStripe:
         url = urlsplit(request.url)
         path, query = url.path, dict(parse_qsl(url.query))
         self.requests.append((path, query))
+        for hook in self.hooks:
+            hook(path, query)
         for fault in self._faults:
             if fault.times > 0 and fault.path == path and fault.when(query):
                 fault.times -= 1

@@ -8,8 +8,13 @@ history it rebuilds is worth in movements.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import multiprocessing
+import os
+import signal
+import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +22,7 @@ import pytest
 import requests
 import responses
 from redis import Redis
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 
 from ledger.db import Database
 from ledger.models import (
@@ -300,7 +305,11 @@ def test_every_list_is_read_with_what_the_mrr_rules_need_expanded(
     }
     assert all(len(value.split(".")) <= 4 for values in expansions.values() for value in values), "Stripe's depth limit"
     assert {query["status"] for query in stripe.calls("/v1/subscriptions")} == {"all"}
-    assert all(query["limit"] == "100" for _, query in stripe.requests)
+    # Pages of 100, but for the one-object pages that find when the oldest customer was created.
+    probes = [query for path, query in stripe.requests if query["limit"] == "1"]
+    assert probes and all("starting_after" not in query for query in probes)
+    assert {path for path, query in stripe.requests if query["limit"] == "1"} == {"/v1/customers"}
+    assert all(query["limit"] == "100" for _, query in stripe.requests if query not in probes)
     # Canceled subscriptions are read too (status=all), and kept with their discounts.
     assert set(stored(db, "subscription")) == {"sub_1", "sub_2"}
     assert set(stored(db, "discount")) == {"di_half"}
@@ -384,6 +393,89 @@ def test_since_reads_objects_created_from_that_day_and_the_whole_catalog(
     assert movements(db) == [("new", 1000, "2024-07-01", [f"backfill:{report.run_id}"])]
 
 
+def window_checkpoints(db: Database, listing: str) -> list[tuple[int, int, bool]]:
+    """(created[gte], created[lt], done) of a listing's windows, oldest first."""
+    with db.session() as session:
+        rows = session.scalars(select(SyncCheckpoint).where(SyncCheckpoint.stream.like(f"{listing}:%"))).all()
+    found = []
+    for row in rows:
+        start, end = row.stream.split(":", 1)[1].split("..")
+        found.append((ts(datetime.fromisoformat(start)), ts(datetime.fromisoformat(end)), row.done))
+    return sorted(found)
+
+
+def test_windows_start_from_the_oldest_customer(db: Database, config: Settings, stripe: FakeStripe) -> None:
+    history_account(stripe)  # its only customer joined on 2024-01-01
+    run_backfill(db, config)
+    for listing in ("customers", "subscriptions", "invoices"):
+        bounds = window_checkpoints(db, listing)
+        assert bounds[0][0] == ts(datetime(2010, 1, 1, tzinfo=UTC)), "the first window reaches back to 2010"
+        # Found to the day by a binary search: no other window begins before that day.
+        assert ts(utc(1, 1)) - 86_400 <= bounds[1][0] <= ts(utc(1, 1)) + 86_400 * 500
+
+
+def test_a_dense_window_hands_its_older_half_to_an_idle_thread(
+    db: Database, config: Settings, stripe: FakeStripe
+) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    recent = [customer(f"cus_r{n:04d}", now - timedelta(minutes=3 * n + 1)) for n in range(700)]
+    stripe.add("customers", customer("cus_old", utc(1, 1)), *recent)
+    report = run_backfill(db, config)
+    assert report.status is RunStatus.OK, report.errors
+    assert report.counts["customers"] == 701
+    bounds = window_checkpoints(db, "customers")
+    assert len(bounds) > 8, "the window holding the 700 recent customers was split"
+    assert all(done for _, _, done in bounds)
+    assert all(end == following for (_, end, _), (following, _, _) in itertools.pairwise(bounds)), (
+        "the windows tile the range: no gap, no overlap"
+    )
+    pages = [(path, tuple(sorted(query.items()))) for path, query in stripe.requests]
+    assert len(pages) == len(set(pages)), "no page was asked for twice"
+    with db.session() as session:
+        assert session.scalar(select(func.count()).select_from(Customer)) == 701
+
+
+def test_history_is_rebuilt_while_older_windows_are_still_read(
+    db: Database, config: Settings, stripe: FakeStripe
+) -> None:
+    history_account(stripe)  # cus_1, from 2024
+    now = datetime.now(UTC).replace(microsecond=0)
+    joined = now - timedelta(days=20)
+    stripe.add("customers", customer("cus_new", joined))
+    stripe.add("subscriptions", subscription(item(PRO), start=joined, sub_id="sub_new", customer="cus_new"))
+    billed = line("il_new", PRO, joined, joined + timedelta(days=30), sub_id="sub_new")
+    stripe.add("invoices", invoice("in_new", joined, [billed], sub_id="sub_new", customer_id="cus_new"))
+    rebuilt_meanwhile: list[int] = []
+
+    def hold_the_2024_invoices(path: str, query: dict[str, str]) -> None:
+        window = int(query.get("created[gte]", 0)), int(query.get("created[lt]", 0))
+        if path != "/v1/invoices" or rebuilt_meanwhile or not window[0] <= ts(utc(3, 1)) < window[1]:
+            return
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with db.session() as session:
+                rebuilt = session.scalar(select(SyncCheckpoint.objects).where(SyncCheckpoint.stream == "history"))
+            if rebuilt:
+                rebuilt_meanwhile.append(rebuilt)
+                return
+            time.sleep(0.2)
+        rebuilt_meanwhile.append(0)
+
+    stripe.hooks.append(hold_the_2024_invoices)
+    report = run_backfill(db, config)
+    assert report.status is RunStatus.OK, report.errors
+    assert rebuilt_meanwhile == [1], "cus_new was rebuilt while 2024's invoices were still unread"
+    assert movements(db, "cus_new") == [("new", 3000, joined.date().isoformat(), [f"backfill:{report.run_id}"])]
+    assert [movement[0] for movement in movements(db)] == [
+        "new",
+        "expansion",
+        "expansion",
+        "contraction",
+        "churn",
+        "reactivation",
+    ]
+
+
 # --- stopping and resuming --------------------------------------------------------------------
 
 
@@ -450,6 +542,39 @@ def test_ctrl_c_leaves_the_run_resumable(db: Database, config: Settings, stripe:
     resumed = run_backfill(db, config)
     assert (resumed.run_id, resumed.status, resumed.errors) == (run.id, RunStatus.OK, [])
     assert resumed.counts["customers"] == 150
+
+
+def test_a_killed_history_process_fails_the_run_which_then_resumes(
+    db: Database, config: Settings, stripe: FakeStripe
+) -> None:
+    history_account(stripe)
+    stripe.add("customers", *customers(150))
+
+    def kill_the_history_process(path: str, query: dict[str, str]) -> None:
+        if path == "/v1/invoices":
+            for child in multiprocessing.active_children():
+                if child.name == "subledger-history":
+                    os.kill(child.pid or 0, signal.SIGKILL)
+                    child.join()
+
+    stripe.hooks.append(kill_the_history_process)
+    with pytest.raises(BackfillFailed) as raised:
+        run_backfill(db, config)
+    [message] = str(raised.value).splitlines()
+    assert "history process stopped: exit status -9" in message
+    with db.session() as session:
+        [run] = session.scalars(select(SyncRun)).all()
+        assert run.status == "failed"
+        assert run.errors[-1] == "stopped: HistoryFailed: history process stopped: exit status -9"
+    stripe.hooks.clear()
+    resumed = run_backfill(db, config)
+    assert (resumed.run_id, resumed.status, resumed.errors) == (run.id, RunStatus.OK, [])
+    interrupted = outcome(db, run.id)
+    counts = dict(resumed.counts)
+    empty(db)
+    uninterrupted = run_backfill(db, config)
+    assert outcome(db, uninterrupted.run_id) == interrupted
+    assert dict(uninterrupted.counts) == counts
 
 
 def test_an_unexpected_failure_is_recorded_and_raised_as_one_line(

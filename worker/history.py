@@ -1,0 +1,342 @@
+"""The backfill's history phase: a process of its own, beside the reading.
+
+Reading is bound by Stripe's rate limit, rebuilding history by the CPU, so
+history runs in a child process (another core, not the readers' interpreter)
+while the reading threads go on. It works from the database alone:
+
+* The readers' checkpoints say which `created` windows are stored
+  (`worker.streams.ready_from`). Nothing a customer has (subscription,
+  invoice) is older than the customer, so once every window from a
+  customer's `created` on is read, its history is whole.
+* Customers are taken newest first (`created`, then id), a batch per
+  transaction: their subscriptions and invoices are loaded from
+  `stripe_objects`, each subscription's past versions are reconstructed from
+  its invoices (`ledger.history.reconstruct`) and stored as snapshots with
+  the source `backfill:<run id>`, and the batch's ledgers are recomputed by the
+  same engine the webhooks use.
+* Its cursor, counts and errors are committed with each batch on the
+  `history` checkpoint: a resumed run goes on from there, and the reading
+  process reports them as the run's.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from multiprocessing.connection import Connection
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.orm import Session
+
+from ledger.db import Database, utcnow
+from ledger.engine import recompute_customers
+from ledger.history import reconstruct
+from ledger.logs import configure_logging
+from ledger.models import Customer, StripeObject, SyncCheckpoint
+from ledger.mrr import UnresolvedStripeObject
+from ledger.settings import Settings
+from ledger.state import SubscriptionVersion, UnusableEvent, record_subscriptions
+from worker.recompute import MissingStripeObject, recompute
+from worker.runs import MAX_ERRORS_KEPT, one_line, save_checkpoint
+from worker.streams import Stream, ready_from
+from worker.stripe_api import StripeAPI
+
+log = logging.getLogger("subledger.backfill")
+
+HISTORY_STREAM = "history"
+"""Checkpoint of the history phase: the last customer whose ledger was rebuilt."""
+
+HISTORY_BATCH = 100
+"""Customers whose history is rebuilt per transaction."""
+
+POLL_S = 0.5
+"""How often the history process looks for newly read windows, and the reading process at its progress."""
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+"""Where a customer with no stored `created` sorts: last, once everything is read."""
+
+
+class HistoryFailed(RuntimeError):
+    """The history process stopped; the message is its one-line reason."""
+
+
+def invoice_subscription(invoice: Mapping[str, Any]) -> str | None:
+    """The subscription an invoice bills: `parent.subscription_details` (2025 API) or `subscription`."""
+    parent = invoice.get("parent")
+    details = parent.get("subscription_details") if isinstance(parent, Mapping) else None
+    found = details.get("subscription") if isinstance(details, Mapping) else None
+    found = found or invoice.get("subscription")
+    if isinstance(found, Mapping):
+        found = found.get("id")
+    return found if isinstance(found, str) and found else None
+
+
+@dataclass
+class HistoryProgress:
+    """What the `history` checkpoint holds."""
+
+    after: tuple[datetime, str] | None = None
+    """The last customer rebuilt, as (created, id)."""
+    customers: int = 0
+    counts: Counter[str] = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+    done: bool = False
+
+    @classmethod
+    def load(cls, db: Database, run_id: str) -> HistoryProgress:
+        with db.session() as session:
+            row = session.get(SyncCheckpoint, (run_id, HISTORY_STREAM))
+        if row is None:
+            return cls()
+        created, _, customer_id = (row.cursor or "").partition("|")
+        if not customer_id:
+            return cls()  # not one of ours: rebuilding again is harmless (histories and ledgers are idempotent)
+        return cls(
+            after=(datetime.fromisoformat(created), customer_id),
+            customers=row.objects,
+            counts=Counter(row.counts or {}),
+            errors=list(row.errors or []),
+            done=row.done,
+        )
+
+    def save(self, session: Session, run_id: str) -> None:
+        cursor = f"{self.after[0].isoformat()}|{self.after[1]}" if self.after is not None else None
+        save_checkpoint(
+            session,
+            run_id,
+            HISTORY_STREAM,
+            cursor=cursor,
+            objects=self.customers,
+            done=self.done,
+            counts=dict(self.counts),
+            errors=self.errors,
+        )
+
+
+class HistoryRebuild:
+    """The history process's work: rebuild customers as their windows are read, until all are."""
+
+    def __init__(self, db: Database, settings: Settings, run_id: str, started_at: datetime) -> None:
+        self.db = db
+        self.settings = settings
+        self.run_id = run_id
+        self.started_at = started_at
+        self.source = f"backfill:{run_id}"
+        self.progress = HistoryProgress.load(db, run_id)
+        self._api: StripeAPI | None = None
+        self._prices: dict[str, Mapping[str, Any]] = {}
+        """Stored prices read so far: a run reads each once."""
+
+    def run(self, *, reading: Callable[[], bool] = lambda: True) -> None:
+        """Rebuild batches as windows are read; return once every customer is rebuilt.
+
+        `reading()` false means the reading process is gone: stop waiting for it.
+        """
+        while not self.progress.done:
+            streams, read = self._planned()
+            if streams and len(read) == len(streams):
+                while self.rebuild_batch(None):
+                    pass
+                self.progress.done = True
+                with self.db.transaction() as session:
+                    self.progress.save(session, self.run_id)
+                return
+            frontier = ready_from(streams, read)
+            if frontier is None or not self.rebuild_batch(frontier):
+                if not reading():
+                    return
+                time.sleep(POLL_S)
+
+    def _planned(self) -> tuple[list[Stream], set[str]]:
+        """The run's reading streams, and the names of those read to the end."""
+        with self.db.session() as session:
+            rows = session.execute(
+                select(SyncCheckpoint.stream, SyncCheckpoint.done).where(
+                    SyncCheckpoint.run_id == self.run_id, SyncCheckpoint.stream != HISTORY_STREAM
+                )
+            ).all()
+        return [Stream.from_name(name) for name, _ in rows], {name for name, done in rows if done}
+
+    def rebuild_batch(self, frontier: datetime | None) -> bool:
+        """Rebuild the next customers, newest first, created from `frontier` on (None: any); False if none is left."""
+        created = func.coalesce(Customer.created, EPOCH)
+        query = (
+            select(StripeObject.customer_id, created)
+            .distinct()
+            .outerjoin(Customer, Customer.id == StripeObject.customer_id)
+            .where(
+                StripeObject.object == "subscription",
+                StripeObject.customer_id.is_not(None),
+                StripeObject.observed_at >= self.started_at,
+            )
+            .order_by(created.desc(), StripeObject.customer_id.desc())
+            .limit(HISTORY_BATCH)
+        )
+        if frontier is not None:
+            query = query.where(created >= frontier)
+        if self.progress.after is not None:
+            after_created, after_id = self.progress.after
+            query = query.where(
+                or_(created < after_created, and_(created == after_created, StripeObject.customer_id < after_id))
+            )
+        with self.db.session() as session:
+            rows = [(customer_id, at) for customer_id, at in session.execute(query) if customer_id]
+        if not rows:
+            return False
+        batch = [customer_id for customer_id, _ in rows]
+        counts = Counter[str]()
+        errors: list[str] = []
+        with self.db.transaction() as session:
+            self.history_of(session, batch, counts, errors)
+            self.progress.after = (rows[-1][1], rows[-1][0])
+            self.progress.customers += len(batch)
+            self.progress.counts.update(counts)
+            for message in errors:
+                log.warning("backfill: %s", message)
+                self.progress.counts["errors"] += 1
+                if len(self.progress.errors) < MAX_ERRORS_KEPT:
+                    self.progress.errors.append(message)
+            self.progress.save(session, self.run_id)
+        return True
+
+    def history_of(self, session: Session, customers: Sequence[str], counts: Counter[str], errors: list[str]) -> None:
+        """Store the batch's subscription histories and recompute its customers' ledgers."""
+        subscriptions = session.execute(
+            self._stored("subscription", customers).where(StripeObject.observed_at >= self.started_at)
+        ).all()
+        invoices: dict[str, list[Mapping[str, Any]]] = {}
+        for _, invoice, _ in session.execute(self._stored("invoice", customers)):
+            subscription_id = invoice_subscription(invoice)
+            if subscription_id is not None:
+                invoices.setdefault(subscription_id, []).append(invoice)
+        prices = self._price_lookup(session)
+        histories: dict[str, list[SubscriptionVersion]] = {}
+        for subscription_id, payload, observed_at in subscriptions:
+            own = sorted(
+                invoices.get(subscription_id, []), key=lambda invoice: (invoice.get("created") or 0, invoice["id"])
+            )
+            try:
+                history = reconstruct(payload, own, prices=prices, read_at=observed_at)
+            except (ValueError, KeyError, TypeError) as exc:  # UnresolvedStripeObject too
+                errors.append(f"subscription {subscription_id}: its history could not be reconstructed: {exc}")
+                continue
+            histories[subscription_id] = [
+                SubscriptionVersion(v.subscription, v.observed_at, source=self.source) for v in history
+            ]
+        try:
+            with session.begin_nested():
+                record_subscriptions(session, [v for versions in histories.values() for v in versions])
+        except UnusableEvent:
+            # Checked before anything is written: store them one by one to name the unusable ones.
+            for subscription_id, versions in list(histories.items()):
+                try:
+                    with session.begin_nested():
+                        record_subscriptions(session, versions)
+                except UnusableEvent as exc:
+                    errors.append(f"subscription {subscription_id}: its history could not be stored: {exc}")
+                    del histories[subscription_id]
+        counts["subscription versions"] += sum(len(versions) for versions in histories.values())
+        results = []
+        try:
+            with session.begin_nested():
+                results = recompute_customers(session, customers, self.settings.rules, now=utcnow())
+        except UnresolvedStripeObject:
+            # Some subscription names an object not stored: one customer at a time, fetching it.
+            for customer_id in customers:
+                try:
+                    with session.begin_nested():
+                        results.append(recompute(session, customer_id, self.settings, self.api()))
+                except MissingStripeObject as exc:
+                    errors.append(f"customer {customer_id}: ledger not recomputed: {exc}")
+        counts["ledgers recomputed"] += len(results)
+        counts["movements added"] += sum(result.movements_added for result in results)
+
+    def api(self) -> StripeAPI:
+        if self._api is None:
+            self._api = StripeAPI(self.settings)
+        return self._api
+
+    @staticmethod
+    def _stored(kind: str, customers: Sequence[str]) -> Any:
+        """Only the columns used: a batch holds thousands of invoices, no ORM objects are needed."""
+        return select(StripeObject.id, StripeObject.payload, StripeObject.observed_at).where(
+            StripeObject.object == kind, StripeObject.customer_id.in_(customers)
+        )
+
+    def _price_lookup(self, session: Session) -> Callable[[str], Mapping[str, Any] | None]:
+        def price(price_id: str) -> Mapping[str, Any] | None:
+            if price_id not in self._prices:
+                row = session.get(StripeObject, price_id)
+                if row is None or row.object not in ("price", "plan"):
+                    return None  # not kept: a later batch may find it stored
+                self._prices[price_id] = row.payload
+            return self._prices[price_id]
+
+        return price
+
+
+def _history_process(settings: Settings, run_id: str, started_at: datetime, failures: Connection) -> None:
+    """The history process's entry point: rebuild, and say in one line why if it cannot."""
+    configure_logging()
+    parent = os.getppid()
+    try:
+        HistoryRebuild(Database(settings.database_url), settings, run_id, started_at).run(
+            reading=lambda: os.getppid() == parent
+        )
+    except KeyboardInterrupt:
+        return  # Ctrl-C reached the whole process group: the reading process records the stop
+    except BaseException as exc:
+        failures.send(one_line(exc))
+        raise SystemExit(1) from None
+
+
+class HistoryProcess:
+    """The reading process's handle on the history process."""
+
+    def __init__(self, settings: Settings, run_id: str, started_at: datetime) -> None:
+        # Spawned, not forked: the reading process has threads, connections and locks a fork would copy.
+        context = multiprocessing.get_context("spawn")
+        self._failures, sender = context.Pipe(duplex=False)
+        self._process = context.Process(
+            target=_history_process,
+            args=(settings, run_id, started_at, sender),
+            name="subledger-history",
+            daemon=True,
+        )
+        self._process.start()
+        sender.close()
+
+    def check(self) -> None:
+        """Raise `HistoryFailed` if the process stopped on an error."""
+        code = self._process.exitcode
+        if code is None or code == 0:
+            return
+        reason = f"exit status {code}"
+        try:
+            if self._failures.poll():
+                reason = self._failures.recv()
+        except EOFError:  # it died without a word (killed)
+            pass
+        raise HistoryFailed(f"history process stopped: {reason}")
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds; True once the process has finished its work."""
+        self._process.join(timeout)
+        self.check()
+        return self._process.exitcode is not None
+
+    def stop(self) -> None:
+        """Stop it now: its batch in progress is rolled back, its committed checkpoint stays exact."""
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join(10)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
