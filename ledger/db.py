@@ -157,7 +157,7 @@ def insert_all_unless_present(
     """
     if rows:
         ordered = sorted(rows, key=lambda row: tuple(row[column] for column in key))
-        session.execute(_insert(session)(model).on_conflict_do_nothing(index_elements=key), ordered)
+        session.execute(_insert(session)(model.__table__).on_conflict_do_nothing(index_elements=key), ordered)
 
 
 def upsert_newer(session: Session, model: type[Any], rows: list[dict[str, Any]], *, key: str, version: str) -> None:
@@ -169,7 +169,7 @@ def upsert_newer(session: Session, model: type[Any], rows: list[dict[str, Any]],
     if not rows:
         return
     rows = sorted(rows, key=lambda row: row[key])
-    statement = _insert(session)(model)
+    statement = _insert(session)(model.__table__)
     statement = statement.on_conflict_do_update(
         index_elements=[key],
         set_={column: statement.excluded[column] for column in rows[0] if column != key},
@@ -190,8 +190,8 @@ def add_to_rows(
     if not rows:
         return
     rows = sorted(rows, key=lambda row: tuple(str(row[column]) for column in key))
-    statement = _insert(session)(model)
     table = model.__table__
+    statement = _insert(session)(table)
     statement = statement.on_conflict_do_update(
         index_elements=key, set_={column: table.c[column] + statement.excluded[column] for column in sums}
     )

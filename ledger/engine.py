@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import date, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Table, case, delete, func, insert, select
 from sqlalchemy.orm import Session
@@ -74,7 +74,16 @@ def customer_snapshots(session: Session, customer_ids: Sequence[str]) -> dict[st
     """Every stored version of the customers' subscriptions, references filled in."""
     lookup = _lookup(session)
     snapshots: dict[str, list[Snapshot]] = {customer_id: [] for customer_id in customer_ids}
-    rows = session.scalars(select(SubscriptionSnapshot).where(SubscriptionSnapshot.customer_id.in_(customer_ids)))
+    rows = session.execute(
+        select(
+            SubscriptionSnapshot.subscription_id,
+            SubscriptionSnapshot.customer_id,
+            SubscriptionSnapshot.observed_at,
+            SubscriptionSnapshot.rank,
+            SubscriptionSnapshot.source,
+            SubscriptionSnapshot.payload,
+        ).where(SubscriptionSnapshot.customer_id.in_(customer_ids))
+    )
     for row in rows:
         snapshots[row.customer_id].append(
             Snapshot(
@@ -109,6 +118,19 @@ def settle_ties(session: Session, subscription_id: str, observed_at: datetime, c
     state = current(subscription_id) if needs_current_state(versions) else None
     for rank, index in enumerate(settle_order(versions, state)):
         rows[index].rank = rank
+
+
+_MOVEMENT_KEY_COLUMNS = (
+    Movement.currency,
+    Movement.day,
+    Movement.at,
+    Movement.type,
+    Movement.amount,
+    Movement.mrr_before,
+    Movement.mrr_after,
+    Movement.sources,
+)
+"""What `_movement_key` reads of a stored movement."""
 
 
 def _movement_key(movement: ComputedMovement | Movement) -> tuple[Any, ...]:
@@ -166,8 +188,13 @@ def recompute_customers(
         session.execute(insert(TABLES["SubscriptionChange"]), change_rows)
 
     stored: dict[str, list[tuple[int, tuple[Any, ...], str]]] = {customer_id: [] for customer_id in customer_ids}
-    for row in session.scalars(select(Movement).where(Movement.customer_id.in_(customer_ids))):
-        stored[row.customer_id].append((row.id, _movement_key(row), row.rules_version))
+    # Columns, not ORM objects: a backfill batch reads thousands of rows here.
+    for row in session.execute(
+        select(*_MOVEMENT_KEY_COLUMNS, Movement.id, Movement.customer_id, Movement.rules_version).where(
+            Movement.customer_id.in_(customer_ids)
+        )
+    ):
+        stored[row.customer_id].append((row.id, _movement_key(cast(Movement, row)), row.rules_version))
     stale: list[int] = []
     new_rows: list[dict[str, Any]] = []
     results: list[Recomputed] = []
