@@ -39,7 +39,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from ledger.db import Database, utcnow
+from ledger.db import Database, commit_without_waiting_for_disk, utcnow
 from ledger.models import RunStatus, SyncCheckpoint, SyncRun
 from ledger.settings import Settings
 from ledger.state import UnusableEvent, record_customers, record_objects
@@ -242,7 +242,8 @@ class _Backfill:
 
         The first failure, of a reader or of the history process, stops everything and is raised.
         """
-        for kind in dict.fromkeys(stream.listing.kind for stream in streams):
+        unread_kinds = dict.fromkeys(stream.listing.kind for stream in streams)
+        for kind in unread_kinds:
             self.progress.stream(kind)
         self.progress.stream(HISTORY_STREAM)
         self.progress.advance(HISTORY_STREAM, self.history.customers)
@@ -266,14 +267,18 @@ class _Backfill:
                 for future in finished:
                     future.result()
                     del pending[future]
+                if self.handed_over.empty():
+                    left = {reading.stream.listing.kind for reading in pending.values()}
+                    left.update(stream.listing.kind for own in waiting.values() for stream in own)
+                    for kind in [kind for kind in unread_kinds if kind not in left]:
+                        self.progress.finish(kind)
+                        del unread_kinds[kind]
                 if time.monotonic() - followed_at >= POLL_S:
                     history.check()
                     self.follow_history()
                     followed_at = time.monotonic()
             for pool in pools.values():
                 pool.shutdown(wait=True)
-            for kind in dict.fromkeys(stream.listing.kind for stream in streams):
-                self.progress.finish(kind)
             while not history.wait(POLL_S):
                 self.follow_history()
             self.follow_history()
@@ -360,6 +365,7 @@ class _Backfill:
             errors: list[str] = []
             usable = [obj for obj in page if kind != "invoices" or self.complete_lines(api, obj, errors)]
             with self.db.transaction() as session:
+                commit_without_waiting_for_disk(session)
                 self.store(session, kind, usable, read_at, errors)
                 objects += len(page)
                 cursor = str(page[-1]["id"]) if page else cursor

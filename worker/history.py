@@ -35,7 +35,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from ledger.db import Database, utcnow
+from ledger.db import Database, commit_without_waiting_for_disk, utcnow
 from ledger.engine import recompute_customers
 from ledger.history import reconstruct
 from ledger.logs import configure_logging
@@ -139,6 +139,7 @@ class HistoryRebuild:
 
         `reading()` false means the reading process is gone: stop waiting for it.
         """
+        exhausted: datetime | None = None
         while not self.progress.done:
             streams, read = self._planned()
             if streams and len(read) == len(streams):
@@ -149,7 +150,9 @@ class HistoryRebuild:
                     self.progress.save(session, self.run_id)
                 return
             frontier = ready_from(streams, read)
-            if frontier is None or not self.rebuild_batch(frontier):
+            # Nothing new is ready until another window is read: the customers are not asked again.
+            if frontier is None or frontier == exhausted or not self.rebuild_batch(frontier):
+                exhausted = frontier
                 if not reading():
                     return
                 time.sleep(POLL_S)
@@ -194,6 +197,7 @@ class HistoryRebuild:
         counts = Counter[str]()
         errors: list[str] = []
         with self.db.transaction() as session:
+            commit_without_waiting_for_disk(session)
             self.history_of(session, batch, counts, errors)
             self.progress.after = (rows[-1][1], rows[-1][0])
             self.progress.customers += len(batch)
