@@ -139,7 +139,6 @@ class _Backfill:
         self.progress = progress
         self.limiter = limiter
         self.threads = threads
-        self.source = f"backfill:{report.run_id}"
         self.stopping = threading.Event()
         self.handed_over: queue.SimpleQueue[Stream] = queue.SimpleQueue()
         """Older halves of windows split while being read, for the pool to start."""
@@ -177,8 +176,8 @@ class _Backfill:
         with self._lock:
             self.report.counts[kind] += n
 
-    def beat(self, *, force: bool = False) -> None:
-        if not force and time.monotonic() - self._beat_at < HEARTBEAT_S:
+    def beat(self) -> None:
+        if time.monotonic() - self._beat_at < HEARTBEAT_S:
             return
         with self._lock:
             counts = self.report.counts + self.history.counts

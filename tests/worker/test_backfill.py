@@ -41,6 +41,7 @@ from tests.worker.stripe_http import BASE, FakeStripe
 from worker.backfill import BackfillFailed, windows
 from worker.backfill import backfill as run_backfill
 from worker.cli import main
+from worker.history import HistoryFailed, HistoryProcess
 from worker.progress import LogProgress
 from worker.stripe_api import StripeUnavailable
 
@@ -575,6 +576,17 @@ def test_a_killed_history_process_fails_the_run_which_then_resumes(
     uninterrupted = run_backfill(db, config)
     assert outcome(db, uninterrupted.run_id) == interrupted
     assert dict(uninterrupted.counts) == counts
+
+
+def test_a_history_process_that_cannot_work_says_why_in_one_line(config: Settings, tmp_path: Path) -> None:
+    nowhere = dataclasses.replace(config, database_url=f"sqlite:///{tmp_path / 'missing' / 'subledger.db'}")
+    process = HistoryProcess(nowhere, "backfill_nowhere", datetime.now(UTC))
+    with pytest.raises(HistoryFailed) as raised:
+        deadline = time.monotonic() + 60
+        while not process.wait(0.5) and time.monotonic() < deadline:
+            pass
+    [message] = str(raised.value).splitlines()
+    assert message.startswith("history process stopped: OperationalError: ")
 
 
 def test_an_unexpected_failure_is_recorded_and_raised_as_one_line(
