@@ -16,8 +16,8 @@ from typing import Any
 
 WINDOWS = 8
 """`created` windows each big list (customers, subscriptions, invoices) starts as. Accounts grow
-unevenly, so while a listing has an idle reader, its window with the most left hands over its older
-half (`worker.backfill`): a few windows to start with are enough."""
+unevenly, so while a listing has an idle reader, its newest window with pages enough left hands over
+its older half (`worker.backfill`): a few windows to start with are enough."""
 
 FIRST_DAY = datetime(2010, 1, 1, tzinfo=UTC)
 """Before any Stripe object: the start of the first window without `--since`."""
