@@ -23,7 +23,7 @@ from ledger.logs import configure_logging
 from ledger.models import RunStatus
 from ledger.settings import ConfigError, Settings, load_settings
 from worker.backfill import BackfillFailed
-from worker.runs import RunRefused, RunReport
+from worker.runs import RunRefused, RunReport, one_line
 from worker.stripe_api import StripeUnavailable
 
 log = logging.getLogger("subledger")
@@ -383,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, CommandError, RunRefused, StripeUnavailable, BackfillFailed) as exc:
         print(f"subledger: {exc}", file=sys.stderr)
     except SQLAlchemyError as exc:
-        print(f"subledger: database error: {type(exc).__name__}: {str(exc).splitlines()[0]}", file=sys.stderr)
+        print(f"subledger: database error: {one_line(exc)}", file=sys.stderr)
     except RedisError as exc:
         print(f"subledger: Redis error: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
