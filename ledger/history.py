@@ -88,7 +88,7 @@ def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
-def _invoice_subscription(invoice: Mapping[str, Any]) -> str | None:
+def invoice_subscription(invoice: Mapping[str, Any]) -> str | None:
     """The subscription an invoice bills: top-level (2020 API) or under `parent` (current API)."""
     details = _mapping(_mapping(invoice.get("parent")).get("subscription_details"))
     return _id(details.get("subscription")) or _id(invoice.get("subscription"))
@@ -142,7 +142,7 @@ def _billed_periods(subscription_id: str, invoice: Mapping[str, Any], rates: _Ra
     """
     if invoice.get("status") in IGNORED_INVOICE_STATUSES:
         return []
-    own_invoice = _invoice_subscription(invoice) == subscription_id
+    own_invoice = invoice_subscription(invoice) == subscription_id
     period_lines = []
     for line in _lines(invoice):
         named = _line_subscription(line)

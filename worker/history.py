@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session
 
 from ledger.db import Database, commit_without_waiting_for_disk, utcnow
 from ledger.engine import recompute_customers
-from ledger.history import reconstruct
+from ledger.history import invoice_subscription, reconstruct
 from ledger.logs import configure_logging
 from ledger.models import Customer, StripeObject, SyncCheckpoint
 from ledger.mrr import UnresolvedStripeObject
@@ -65,17 +65,6 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 class HistoryFailed(RuntimeError):
     """The history process stopped; the message is its one-line reason."""
-
-
-def invoice_subscription(invoice: Mapping[str, Any]) -> str | None:
-    """The subscription an invoice bills: `parent.subscription_details` (2025 API) or `subscription`."""
-    parent = invoice.get("parent")
-    details = parent.get("subscription_details") if isinstance(parent, Mapping) else None
-    found = details.get("subscription") if isinstance(details, Mapping) else None
-    found = found or invoice.get("subscription")
-    if isinstance(found, Mapping):
-        found = found.get("id")
-    return found if isinstance(found, str) and found else None
 
 
 @dataclass
