@@ -289,7 +289,6 @@ class _Backfill:
             history.stop()
             for pool in pools.values():
                 pool.shutdown(wait=True, cancel_futures=True)
-            self.follow_history()
             raise
 
     def start_readers(
@@ -333,7 +332,8 @@ class _Backfill:
         self.beat()
 
     def close(self, status: RunStatus | None = None) -> RunReport:
-        """Record the run's end, with what the history process did."""
+        """Record the run's end, with what the history process did (as its checkpoint says now)."""
+        self.history = HistoryProgress.load(self.db, self.report.run_id)
         self.report.counts.update(self.history.counts)
         room = MAX_ERRORS_KEPT - len(self.report.errors)
         self.report.errors.extend(self.history.errors[: max(room, 0)])
