@@ -43,7 +43,7 @@ from ledger.db import Database, commit_without_waiting_for_disk, utcnow
 from ledger.models import RunStatus, SyncCheckpoint, SyncRun
 from ledger.settings import Settings
 from ledger.state import UnusableEvent, record_customers, record_objects
-from worker.history import HISTORY_STREAM, POLL_S, HistoryProcess, HistoryProgress
+from worker.history import HISTORY_STREAM, POLL_S, HistoryFailed, HistoryProcess, HistoryProgress
 from worker.progress import NoProgress, ProgressReporter
 from worker.ratelimit import RateLimiter, stripe_limiter
 from worker.runs import MAX_ERRORS_KEPT, RunReport, finish_run, heartbeat, one_line, save_checkpoint, start_run
@@ -282,6 +282,8 @@ class _Backfill:
             while not history.wait(POLL_S):
                 self.follow_history()
             self.follow_history()
+            if not self.history.done:  # it exited 0 all the same: interrupted on its own
+                raise HistoryFailed("history process stopped before every customer was rebuilt")
             self.progress.finish(HISTORY_STREAM)
         except BaseException:
             # Threads finish (and commit) the page in hand, then stop: their checkpoints stay exact.

@@ -12,6 +12,7 @@ import itertools
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -436,19 +437,24 @@ def test_a_dense_window_hands_its_older_half_to_an_idle_thread(
         assert session.scalar(select(func.count()).select_from(Customer)) == 701
 
 
-def test_history_is_rebuilt_while_older_windows_are_still_read(
-    db: Database, config: Settings, stripe: FakeStripe
-) -> None:
-    history_account(stripe)  # cus_1, from 2024
-    now = datetime.now(UTC).replace(microsecond=0)
-    joined = now - timedelta(days=20)
+def recent_customer(stripe: FakeStripe) -> datetime:
+    """cus_new, who joined 20 days ago on pro: its history can be rebuilt once the newest windows are read."""
+    joined = datetime.now(UTC).replace(microsecond=0) - timedelta(days=20)
     stripe.add("customers", customer("cus_new", joined))
     stripe.add("subscriptions", subscription(item(PRO), start=joined, sub_id="sub_new", customer="cus_new"))
     billed = line("il_new", PRO, joined, joined + timedelta(days=30), sub_id="sub_new")
     stripe.add("invoices", invoice("in_new", joined, [billed], sub_id="sub_new", customer_id="cus_new"))
+    return joined
+
+
+def hold_the_2024_invoices_until_history_moves(db: Database, stripe: FakeStripe) -> list[int]:
+    """Hold the request for 2024's invoices until the history checkpoint counts a customer (60 s at most).
+
+    The list returned gets the count seen when the request went on (0: none within 60 s).
+    """
     rebuilt_meanwhile: list[int] = []
 
-    def hold_the_2024_invoices(path: str, query: dict[str, str]) -> None:
+    def hold(path: str, query: dict[str, str]) -> None:
         window = int(query.get("created[gte]", 0)), int(query.get("created[lt]", 0))
         if path != "/v1/invoices" or rebuilt_meanwhile or not window[0] <= ts(utc(3, 1)) < window[1]:
             return
@@ -462,7 +468,16 @@ def test_history_is_rebuilt_while_older_windows_are_still_read(
             time.sleep(0.2)
         rebuilt_meanwhile.append(0)
 
-    stripe.hooks.append(hold_the_2024_invoices)
+    stripe.hooks.append(hold)
+    return rebuilt_meanwhile
+
+
+def test_history_is_rebuilt_while_older_windows_are_still_read(
+    db: Database, config: Settings, stripe: FakeStripe
+) -> None:
+    history_account(stripe)  # cus_1, from 2024
+    joined = recent_customer(stripe)
+    rebuilt_meanwhile = hold_the_2024_invoices_until_history_moves(db, stripe)
     report = run_backfill(db, config)
     assert report.status is RunStatus.OK, report.errors
     assert rebuilt_meanwhile == [1], "cus_new was rebuilt while 2024's invoices were still unread"
@@ -576,6 +591,39 @@ def test_a_killed_history_process_fails_the_run_which_then_resumes(
     uninterrupted = run_backfill(db, config)
     assert outcome(db, uninterrupted.run_id) == interrupted
     assert dict(uninterrupted.counts) == counts
+
+
+def test_a_history_process_interrupted_on_its_own_fails_the_run(
+    db: Database, config: Settings, stripe: FakeStripe
+) -> None:
+    history_account(stripe)
+    recent_customer(stripe)
+    rebuilt_meanwhile = hold_the_2024_invoices_until_history_moves(db, stripe)
+    interrupted: list[int] = []
+    once = threading.Lock()
+
+    def interrupt_the_history_process(path: str, query: dict[str, str]) -> None:
+        # Once it has rebuilt cus_new, while 2024's invoices are unread: one Ctrl-C, for it alone.
+        with once:
+            if not rebuilt_meanwhile or interrupted:
+                return
+            for child in multiprocessing.active_children():
+                if child.name == "subledger-history":
+                    os.kill(child.pid or 0, signal.SIGINT)
+                    child.join()
+                    interrupted.append(child.exitcode or 0)
+
+    stripe.hooks.append(interrupt_the_history_process)
+    with pytest.raises(BackfillFailed) as raised:
+        run_backfill(db, config)
+    assert rebuilt_meanwhile == [1]
+    assert interrupted == [0], "the process ended as if it had finished"
+    assert "history process stopped before every customer was rebuilt" in str(raised.value)
+    with db.session() as session:
+        [run] = session.scalars(select(SyncRun)).all()
+        assert run.status == "failed"
+    stripe.hooks.clear()
+    assert run_backfill(db, config).status is RunStatus.OK
 
 
 def test_a_history_process_that_cannot_work_says_why_in_one_line(config: Settings, tmp_path: Path) -> None:
