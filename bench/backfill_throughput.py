@@ -14,7 +14,8 @@ fake actually served (partial last pages of parallel windows included).
 Peak memory is the high-water RSS (VmHWM) of the backfill process and its
 children, polled from /proc. CPU is counted for the backfill's processes, the
 fake, and PostgreSQL's backends that exited meanwhile (when the server runs on
-this machine; other clients' work counts too, so run it on a quiet server). Prints a table and the command's last lines.
+this machine; other clients' work counts too, so run it on a quiet server).
+Prints a table and the command's last lines.
 Needs PostgreSQL and Redis (defaults: the local ones; Redis db 14 is flushed,
 the scratch database dropped).
 """
@@ -113,10 +114,15 @@ def high_water_kb(pids: list[int]) -> int:
     return total
 
 
+def stat_fields(pid: int) -> list[str]:
+    """/proc/<pid>/stat after the command name: state, ppid, …, utime (11), stime, cutime (13), cstime."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pid: int, *, children: bool = False) -> float:
     """User + system CPU a live process has used (or its exited children), from /proc/<pid>/stat."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
+    fields = stat_fields(pid)
     first = 13 if children else 11
     return (int(fields[first]) + int(fields[first + 1])) / os.sysconf("SC_CLK_TCK")
 
@@ -127,8 +133,7 @@ def postmaster(url: str) -> int | None:
     try:
         with engine.connect() as connection:
             backend = connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
-        with open(f"/proc/{backend}/stat") as stat:
-            return int(stat.read().rsplit(")", 1)[1].split()[1])
+        return int(stat_fields(backend)[1])
     except OSError:
         return None
     finally:
