@@ -85,10 +85,10 @@ class HistoryProgress:
         if row is None:
             return cls()
         created, _, customer_id = (row.cursor or "").partition("|")
-        if not customer_id:
+        if row.cursor is not None and not customer_id:
             return cls()  # not one of ours: rebuilding again is harmless (histories and ledgers are idempotent)
         return cls(
-            after=(datetime.fromisoformat(created), customer_id),
+            after=(datetime.fromisoformat(created), customer_id) if customer_id else None,
             customers=row.objects,
             counts=Counter(row.counts or {}),
             errors=list(row.errors or []),
