@@ -16,12 +16,12 @@ the engine resolves from stored objects later.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from ledger import jsoncodec
 from ledger.mrr import UnresolvedStripeObject
 
 PriceLookup = Callable[[str], Mapping[str, Any] | None]
@@ -407,6 +407,23 @@ def _signature(subscription: Mapping[str, Any]) -> tuple[Any, ...]:
     )
 
 
+def _billed_signature(current: Mapping[str, Any], billed: _Billed, rates: _Rates) -> tuple[Any, ...]:
+    """`_signature` of the version `_version_payload` builds for this billing, without building it."""
+    on_invoice = _discount_ids(billed.invoice)
+    items = []
+    for line in billed.lines:
+        rate = rates(line)
+        quantity = None if _is_metered(rate) else line.get("quantity")
+        items.append(
+            (
+                _id(rate.get("price")) or _id(rate.get("plan")) or "",
+                int(quantity) if quantity is not None else 1,
+                tuple(sorted(d for d in _discount_ids(line) if d not in on_invoice)),
+            )
+        )
+    return (_billed_status(current, billed), False, False, tuple(sorted(items)), tuple(sorted(on_invoice)))
+
+
 def _current_observed_at(subscription: Mapping[str, Any], read_at: datetime) -> datetime:
     """`read_at`, or for a canceled subscription its end (`ended_at`, else `canceled_at`) when earlier."""
     if subscription.get("status") == "canceled":
@@ -444,13 +461,14 @@ def reconstruct(
     versions: list[HistoricalVersion] = []
     last: tuple[Any, ...] | None = None
     for billed in _latest_billing(subscription_id, invoices, rates):
-        payload = _version_payload(subscription, billed, rates)
-        signature = _signature(payload)
+        # Most renewals bill what the previous one did: compared before a payload is built.
+        signature = _billed_signature(subscription, billed, rates)
         if signature == last:
             continue
         last = signature
+        payload = _version_payload(subscription, billed, rates)
         source = f"invoice:{_id(billed.invoice)}"
-        versions.append(HistoricalVersion(copy.deepcopy(payload), billed.period_start, source))
+        versions.append(HistoricalVersion(jsoncodec.copy(payload), billed.period_start, source))
     if versions and last == _signature(subscription):
         return versions
     observed_at = _current_observed_at(subscription, read_at)
@@ -458,5 +476,5 @@ def reconstruct(
         # Stripe never bills a period after the subscription ended or after "now"; if an
         # invoice says so anyway, the current state still comes last (its churn keeps its date).
         observed_at = versions[-1].observed_at + NEXT_INSTANT
-    versions.append(HistoricalVersion(copy.deepcopy(dict(subscription)), observed_at, CURRENT_SOURCE))
+    versions.append(HistoricalVersion(jsoncodec.copy(subscription), observed_at, CURRENT_SOURCE))
     return versions

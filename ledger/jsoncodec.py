@@ -11,6 +11,7 @@ surrogate); the standard library also has the last word on what is not JSON.
 
 from __future__ import annotations
 
+import copy as _copy
 import json
 from typing import Any
 
@@ -45,3 +46,16 @@ def loads(document: str | bytes | bytearray | memoryview) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:  # what orjson refuses (an escaped lone surrogate) or not JSON at all
         return json.loads(raw)
+
+
+def copy(document: Any) -> Any:
+    """A deep copy of a JSON document (dicts, lists, strings, numbers, booleans, None).
+
+    A round trip through orjson, several times quicker than `copy.deepcopy`; what
+    orjson refuses to write (an integer past 64 bits, a lone surrogate, a key not a
+    string) is copied by `copy.deepcopy`.
+    """
+    try:
+        return orjson.loads(orjson.dumps(document))
+    except TypeError:  # orjson.JSONEncodeError
+        return _copy.deepcopy(document)

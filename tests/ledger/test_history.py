@@ -15,7 +15,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger.history import HistoricalVersion, reconstruct
+from ledger.history import (
+    HistoricalVersion,
+    PriceLookup,
+    _billed_signature,
+    _latest_billing,
+    _rate_reader,
+    _signature,
+    _version_payload,
+    reconstruct,
+)
 from ledger.movements import MovementType, customer_movements
 from ledger.mrr import UnresolvedStripeObject, subscription_mrr
 from ledger.settings import RuleSettings
@@ -330,12 +339,21 @@ def rebuild(case: Case) -> list[HistoricalVersion]:
     return reconstruct(case.subscription, case.invoices, prices=case.prices.get, read_at=case.read_at)
 
 
+def assert_signatures_agree(current: Mapping[str, Any], invoices: list[dict[str, Any]], prices: PriceLookup) -> None:
+    """The signature compared before a version is built is the built version's."""
+    rates = _rate_reader(prices, current)
+    billings = _latest_billing(str(current["id"]), invoices, rates)
+    for billed in billings:
+        assert _billed_signature(current, billed, rates) == _signature(_version_payload(current, billed, rates))
+
+
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda shape: shape.name)
 @pytest.mark.parametrize("rule", RULES)
 def test_rule(rule: Callable[[Plans], Case], shape: CurrentShape) -> None:
     case = rule(Plans(shape))
     versions = rebuild(case)
     assert outline(versions) == case.expected
+    assert_signatures_agree(case.subscription, case.invoices, case.prices.get)
     instants = [version.observed_at for version in versions]
     assert instants == sorted(set(instants)), "strictly increasing"
 
@@ -431,6 +449,7 @@ def test_discount_placement(
 ) -> None:
     plans, invoice, discount = coupon_month(shape, on_invoice=on_invoice, expand=expand)
     (version, _) = reconstruct(plans.current(plans.pro, 2), [invoice], prices=plans.prices.get, read_at=READ_AT)
+    assert_signatures_agree(plans.current(plans.pro, 2), [invoice], plans.prices.get)
     payload = version.subscription
 
     def named(entries: list[Any]) -> list[Any]:
@@ -540,6 +559,7 @@ def test_invoice_order_does_not_matter(shape: CurrentShape, data: st.DataObject)
     current, invoices = ORDERS[shape.name]
     prices = Plans(shape).prices
     expected = reconstruct(current, invoices, prices=prices.get, read_at=READ_AT)
+    assert_signatures_agree(current, invoices, prices.get)
     order = data.draw(st.permutations(range(len(invoices))))
     shuffled = [copy.deepcopy(invoices[index]) for index in order]
     assert reconstruct(current, shuffled, prices=prices.get, read_at=READ_AT) == expected

@@ -46,3 +46,14 @@ def test_a_lone_surrogate_in_text_is_written_and_read_back() -> None:
 
 def test_integer_keys_are_written_as_text_like_the_standard_library() -> None:
     assert json.loads(jsoncodec.dumps({1: "a"})) == json.loads(json.dumps({1: "a"}))
+
+
+@given(st.lists(documents))
+def test_a_copy_is_equal_and_shares_nothing(document: list[Any]) -> None:
+    copied = jsoncodec.copy(document)
+    assert copied == document
+    copied.append("added")
+    assert copied[:-1] == document
+    for inner, original in zip(copied, document, strict=False):
+        if isinstance(original, dict | list):
+            assert inner is not original
