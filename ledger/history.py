@@ -28,6 +28,19 @@ PriceLookup = Callable[[str], Mapping[str, Any] | None]
 """Stored price objects by id (with `tiers` when tiered); None when the price is not stored."""
 
 IGNORED_INVOICE_STATUSES = frozenset({"draft", "void"})
+
+_INVOICE_FIELDS = (
+    "id",
+    "created",
+    "status",
+    "subscription",
+    "parent",
+    "lines",
+    "discount",
+    "discounts",
+    "total_discount_amounts",
+)
+"""What `reconstruct` reads of an invoice."""
 """A draft may still change and a void invoice was never owed: neither says what was billed."""
 
 CURRENT_SOURCE = "current"
@@ -86,6 +99,11 @@ def _aware(value: datetime, what: str) -> datetime:
 
 def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
+
+
+def invoice_fields(invoice: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of an invoice `reconstruct` reads (a third of a current-API invoice): keep only this."""
+    return {name: invoice[name] for name in _INVOICE_FIELDS if name in invoice}
 
 
 def invoice_subscription(invoice: Mapping[str, Any]) -> str | None:
