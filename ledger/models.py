@@ -251,6 +251,20 @@ class SyncCheckpoint(Base):
     """The errors that process met so far, with the same commit."""
 
 
+class BackfillCustomer(Base):
+    """A customer whose history a backfill run rebuilds: the history workers' shared to-do list.
+
+    Written with the subscription page that names the customer; `rebuilt` is
+    set in the commit that stores its history.
+    """
+
+    __tablename__ = "backfill_customers"
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    rebuilt: Mapped[bool] = mapped_column(default=False)
+
+
 class DriftItem(Base):
     """One subscription whose ledger MRR differed from Stripe's in a reconciliation."""
 

@@ -55,7 +55,8 @@ def content_hash(document: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _customer_id(obj: Mapping[str, Any]) -> str | None:
+def customer_of(obj: Mapping[str, Any]) -> str | None:
+    """The id of the customer an object belongs to (`customer`, an id or expanded), if any."""
     customer = obj.get("customer")
     if isinstance(customer, Mapping):
         customer = customer.get("id")
@@ -121,7 +122,7 @@ def record_subscriptions(session: Session, versions: Sequence[SubscriptionVersio
     for version in versions:
         subscription = version.subscription
         subscription_id = subscription.get("id")
-        customer_id = _customer_id(subscription)
+        customer_id = customer_of(subscription)
         status = subscription.get("status")
         if not isinstance(subscription_id, str) or customer_id is None or not isinstance(status, str):
             raise UnusableEvent("subscription object lacks id, customer or status")
@@ -186,7 +187,7 @@ def record_object(session: Session, obj: Mapping[str, Any], *, observed_at: date
     kind = obj.get("object")
     if not isinstance(object_id, str) or not isinstance(kind, str):
         raise UnusableEvent("object lacks id or type")
-    customer_id = _customer_id(obj)
+    customer_id = customer_of(obj)
     livemode = bool(obj.get("livemode"))
     values = {
         "id": object_id,
@@ -222,7 +223,7 @@ def record_objects(session: Session, objects: Sequence[Mapping[str, Any]], *, ob
         object_id, kind = obj.get("id"), obj.get("object")
         if not isinstance(object_id, str) or not isinstance(kind, str):
             raise UnusableEvent("object lacks id or type")
-        customer_id = _customer_id(obj)
+        customer_id = customer_of(obj)
         livemode = bool(obj.get("livemode"))
         if customer_id is not None:
             customers[customer_id] = livemode

@@ -39,11 +39,11 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from ledger.db import Database, commit_without_waiting_for_disk, utcnow
-from ledger.models import RunStatus, SyncCheckpoint, SyncRun
+from ledger.db import Database, commit_without_waiting_for_disk, insert_all_unless_present, utcnow
+from ledger.models import BackfillCustomer, RunStatus, SyncCheckpoint, SyncRun
 from ledger.settings import Settings
-from ledger.state import UnusableEvent, record_customers, record_objects
-from worker.history import HISTORY_STREAM, POLL_S, HistoryFailed, HistoryProcess, HistoryProgress
+from ledger.state import UnusableEvent, customer_of, record_customers, record_objects
+from worker.history import HISTORY_STREAM, POLL_S, HistoryFailed, HistoryProcess, HistoryProgress, HistoryRebuild
 from worker.progress import NoProgress, ProgressReporter
 from worker.ratelimit import RateLimiter, stripe_limiter
 from worker.runs import MAX_ERRORS_KEPT, RunReport, finish_run, heartbeat, one_line, save_checkpoint, start_run
@@ -279,6 +279,11 @@ class _Backfill:
                     followed_at = time.monotonic()
             for pool in pools.values():
                 pool.shutdown(wait=True)
+            # Everything is read: this process's core rebuilds customers too, beside the history process.
+            helper = HistoryRebuild(self.db, self.settings, self.report.run_id, self.started_at)
+            while helper.shares_work and helper.rebuild_batch(None):
+                history.check()
+                self.follow_history()
             while not history.wait(POLL_S):
                 self.follow_history()
             self.follow_history()
@@ -429,14 +434,23 @@ class _Backfill:
             except UnusableEvent as exc:
                 errors.append(f"{kind} {obj.get('id', '?')}: {exc}")
 
-    @staticmethod
-    def _store_page(session: Session, kind: str, page: Sequence[Mapping[str, Any]], read_at: datetime) -> None:
+    def _store_page(self, session: Session, kind: str, page: Sequence[Mapping[str, Any]], read_at: datetime) -> None:
         if kind == "customers":
             record_customers(session, page, observed_at=read_at)
             return
+        if kind != "subscriptions":
+            record_objects(session, page, observed_at=read_at)
+            return
         # Subscriptions keep the discounts they carry whole, so a webhook naming one by id finds it.
-        discounts = [d for obj in page for d in _discounts(obj)] if kind == "subscriptions" else []
-        record_objects(session, [*page, *discounts], observed_at=read_at)
+        record_objects(session, [*page, *(d for obj in page for d in _discounts(obj))], observed_at=read_at)
+        # Their customers' histories are to be rebuilt (worker.history), once read whole.
+        customers = {customer for customer in map(customer_of, page) if customer is not None}
+        insert_all_unless_present(
+            session,
+            BackfillCustomer,
+            [{"run_id": self.report.run_id, "customer_id": customer, "rebuilt": False} for customer in customers],
+            key=["run_id", "customer_id"],
+        )
 
 
 def backfill(

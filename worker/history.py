@@ -14,9 +14,15 @@ while the reading threads go on. It works from the database alone:
   its invoices (`ledger.history.reconstruct`) and stored as snapshots with
   the source `backfill:<run id>`, and the batch's ledgers are recomputed by the
   same engine the webhooks use.
-* Its cursor, counts and errors are committed with each batch on the
-  `history` checkpoint: a resumed run goes on from there, and the reading
-  process reports them as the run's.
+* The customers to rebuild are listed in `backfill_customers`, with the
+  subscription page that names them. Each batch marks its customers rebuilt
+  and adds its counts and errors to the `history` checkpoint, in its own
+  commit: a resumed run rebuilds only the customers not marked, and the
+  reading process reports the checkpoint as the run's.
+* Once everything is read, the reading process has nothing left to do and
+  rebuilds customers too. On PostgreSQL a batch claims its customers' rows
+  (`FOR UPDATE SKIP LOCKED`), so the two never take the same customer; SQLite
+  has one writer at a time, and one worker.
 """
 
 from __future__ import annotations
@@ -32,14 +38,14 @@ from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from ledger.db import Database, commit_without_waiting_for_disk, utcnow
 from ledger.engine import recompute_customers
-from ledger.history import invoice_subscription, reconstruct
+from ledger.history import invoice_fields, invoice_subscription, reconstruct
 from ledger.logs import configure_logging
-from ledger.models import Customer, StripeObject, SyncCheckpoint
+from ledger.models import BackfillCustomer, Customer, StripeObject, SyncCheckpoint
 from ledger.mrr import UnresolvedStripeObject
 from ledger.settings import Settings
 from ledger.state import SubscriptionVersion, UnusableEvent, record_subscriptions
@@ -59,6 +65,9 @@ HISTORY_BATCH = 100
 POLL_S = 0.5
 """How often the history process looks for newly read windows, and the reading process at its progress."""
 
+CLAIM_WAIT_S = 0.1
+"""How often the history process looks again while only the reading process's open batch is left."""
+
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 """Where a customer with no stored `created` sorts: last, once everything is read."""
 
@@ -69,10 +78,8 @@ class HistoryFailed(RuntimeError):
 
 @dataclass
 class HistoryProgress:
-    """What the `history` checkpoint holds."""
+    """What the `history` checkpoint holds: the sums of every batch committed so far."""
 
-    after: tuple[datetime, str] | None = None
-    """The last customer rebuilt, as (created, id)."""
     customers: int = 0
     counts: Counter[str] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
@@ -81,27 +88,29 @@ class HistoryProgress:
     @classmethod
     def load(cls, db: Database, run_id: str) -> HistoryProgress:
         with db.session() as session:
-            row = session.get(SyncCheckpoint, (run_id, HISTORY_STREAM))
-        if row is None:
+            return cls.of(session.get(SyncCheckpoint, (run_id, HISTORY_STREAM)))
+
+    @classmethod
+    def of(cls, row: SyncCheckpoint | None) -> HistoryProgress:
+        if row is None or row.cursor is not None:
+            # None yet, or a layout that kept a cursor: its customers are rebuilt again, which is harmless.
             return cls()
-        created, _, customer_id = (row.cursor or "").partition("|")
-        if row.cursor is not None and not customer_id:
-            return cls()  # not one of ours: rebuilding again is harmless (histories and ledgers are idempotent)
-        return cls(
-            after=(datetime.fromisoformat(created), customer_id) if customer_id else None,
-            customers=row.objects,
-            counts=Counter(row.counts or {}),
-            errors=list(row.errors or []),
-            done=row.done,
-        )
+        return cls(row.objects, Counter(row.counts or {}), list(row.errors or []), row.done)
+
+    def add(self, customers: int, counts: Counter[str], errors: Sequence[str]) -> None:
+        self.customers += customers
+        self.counts.update(counts)
+        for message in errors:
+            self.counts["errors"] += 1
+            if len(self.errors) < MAX_ERRORS_KEPT:
+                self.errors.append(message)
 
     def save(self, session: Session, run_id: str) -> None:
-        cursor = f"{self.after[0].isoformat()}|{self.after[1]}" if self.after is not None else None
         save_checkpoint(
             session,
             run_id,
             HISTORY_STREAM,
-            cursor=cursor,
+            cursor=None,
             objects=self.customers,
             done=self.done,
             counts=dict(self.counts),
@@ -110,7 +119,11 @@ class HistoryProgress:
 
 
 class HistoryRebuild:
-    """The history process's work: rebuild customers as their windows are read, until all are."""
+    """A history worker: rebuild customers as their windows are read, until all are.
+
+    The history process `run`s one from the start. Once everything is read, the
+    reading process calls `rebuild_batch` of its own, where `shares_work`.
+    """
 
     def __init__(self, db: Database, settings: Settings, run_id: str, started_at: datetime) -> None:
         self.db = db
@@ -123,21 +136,29 @@ class HistoryRebuild:
         self._prices: dict[str, Mapping[str, Any]] = {}
         """Stored prices read so far: a run reads each once."""
 
+    @property
+    def shares_work(self) -> bool:
+        """Whether a second worker may rebuild beside this one (PostgreSQL: batches claim rows)."""
+        return self.db.engine.dialect.name == "postgresql"
+
     def run(self, *, reading: Callable[[], bool] = lambda: True) -> None:
-        """Rebuild batches as windows are read; return once every customer is rebuilt.
+        """Rebuild batches as windows are read; record the end once every customer is rebuilt.
 
         `reading()` false means the reading process is gone: stop waiting for it.
         """
+        with self.db.transaction() as session:  # the row each batch adds to, locked while it does
+            self.progress = HistoryProgress.of(session.get(SyncCheckpoint, (self.run_id, HISTORY_STREAM)))
+            self.progress.save(session, self.run_id)
         exhausted: datetime | None = None
         while not self.progress.done:
             streams, read = self._planned()
             if streams and len(read) == len(streams):
-                while self.rebuild_batch(None):
-                    pass
-                self.progress.done = True
-                with self.db.transaction() as session:
-                    self.progress.save(session, self.run_id)
-                return
+                if self.rebuild_batch(None):
+                    continue
+                if self.finish():
+                    return
+                time.sleep(CLAIM_WAIT_S)  # the reading process holds the last customers
+                continue
             frontier = ready_from(streams, read)
             # Nothing new is ready until another window is read: the customers are not asked again.
             if frontier is None or frontier == exhausted or not self.rebuild_batch(frontier):
@@ -156,46 +177,54 @@ class HistoryRebuild:
             ).all()
         return [Stream.from_name(name) for name, _ in rows], {name for name, done in rows if done}
 
-    def rebuild_batch(self, frontier: datetime | None) -> bool:
-        """Rebuild the next customers, newest first, created from `frontier` on (None: any); False if none is left."""
+    def _waiting(self, frontier: datetime | None) -> Any:
+        """The run's customers not rebuilt yet, created from `frontier` on (None: any), newest first."""
         created = func.coalesce(Customer.created, EPOCH)
         query = (
-            select(StripeObject.customer_id, created)
-            .distinct()
-            .outerjoin(Customer, Customer.id == StripeObject.customer_id)
-            .where(
-                StripeObject.object == "subscription",
-                StripeObject.customer_id.is_not(None),
-                StripeObject.observed_at >= self.started_at,
-            )
-            .order_by(created.desc(), StripeObject.customer_id.desc())
-            .limit(HISTORY_BATCH)
+            select(BackfillCustomer.customer_id)
+            .outerjoin(Customer, Customer.id == BackfillCustomer.customer_id)
+            .where(BackfillCustomer.run_id == self.run_id, BackfillCustomer.rebuilt.is_(False))
+            .order_by(created.desc(), BackfillCustomer.customer_id.desc())
         )
-        if frontier is not None:
-            query = query.where(created >= frontier)
-        if self.progress.after is not None:
-            after_created, after_id = self.progress.after
-            query = query.where(
-                or_(created < after_created, and_(created == after_created, StripeObject.customer_id < after_id))
-            )
-        with self.db.session() as session:
-            rows = [(customer_id, at) for customer_id, at in session.execute(query) if customer_id]
-        if not rows:
-            return False
-        batch = [customer_id for customer_id, _ in rows]
-        counts = Counter[str]()
-        errors: list[str] = []
+        return query if frontier is None else query.where(created >= frontier)
+
+    def rebuild_batch(self, frontier: datetime | None) -> bool:
+        """Rebuild the next customers, newest first, created from `frontier` on (None: any); False if none is left.
+
+        Customers another worker is rebuilding are skipped, not waited for; one it
+        has just rebuilt is seen as rebuilt (PostgreSQL reads a locked row again).
+        """
         with self.db.transaction() as session:
             commit_without_waiting_for_disk(session)
+            claim = self._waiting(frontier).limit(HISTORY_BATCH).with_for_update(of=BackfillCustomer, skip_locked=True)
+            batch = list(session.scalars(claim))
+            if not batch:
+                return False
+            counts = Counter[str]()
+            errors: list[str] = []
             self.history_of(session, batch, counts, errors)
-            self.progress.after = (rows[-1][1], rows[-1][0])
-            self.progress.customers += len(batch)
-            self.progress.counts.update(counts)
+            session.execute(
+                update(BackfillCustomer)
+                .where(BackfillCustomer.run_id == self.run_id, BackfillCustomer.customer_id.in_(batch))
+                .values(rebuilt=True)
+            )
             for message in errors:
                 log.warning("backfill: %s", message)
-                self.progress.counts["errors"] += 1
-                if len(self.progress.errors) < MAX_ERRORS_KEPT:
-                    self.progress.errors.append(message)
+            # Locked last and briefly: the other worker adds its own batch after this commit.
+            row = session.get(SyncCheckpoint, (self.run_id, HISTORY_STREAM), with_for_update=True)
+            self.progress = HistoryProgress.of(row)
+            self.progress.add(len(batch), counts, errors)
+            self.progress.save(session, self.run_id)
+        return True
+
+    def finish(self) -> bool:
+        """Record the end once no customer is left, taken or not; False while another worker's batch is open."""
+        with self.db.transaction() as session:
+            row = session.get(SyncCheckpoint, (self.run_id, HISTORY_STREAM), with_for_update=True)
+            if session.execute(self._waiting(None).limit(1)).first() is not None:
+                return False
+            self.progress = HistoryProgress.of(row)
+            self.progress.done = True
             self.progress.save(session, self.run_id)
         return True
 
@@ -207,8 +236,8 @@ class HistoryRebuild:
         invoices: dict[str, list[Mapping[str, Any]]] = {}
         for _, invoice, _ in session.execute(self._stored("invoice", customers)):
             subscription_id = invoice_subscription(invoice)
-            if subscription_id is not None:
-                invoices.setdefault(subscription_id, []).append(invoice)
+            if subscription_id is not None:  # the rest is dropped at once: a batch holds thousands
+                invoices.setdefault(subscription_id, []).append(invoice_fields(invoice))
         prices = self._price_lookup(session)
         histories: dict[str, list[SubscriptionVersion]] = {}
         for subscription_id, payload, observed_at in subscriptions:

@@ -23,10 +23,11 @@ import pytest
 import requests
 import responses
 from redis import Redis
-from sqlalchemy import func, select, text
+from sqlalchemy import delete, func, select, text, update
 
 from ledger.db import Database
 from ledger.models import (
+    BackfillCustomer,
     Base,
     Customer,
     Movement,
@@ -42,7 +43,7 @@ from tests.worker.stripe_http import BASE, FakeStripe
 from worker.backfill import BackfillFailed, windows
 from worker.backfill import backfill as run_backfill
 from worker.cli import main
-from worker.history import HistoryFailed, HistoryProcess
+from worker.history import HISTORY_STREAM, HistoryFailed, HistoryProcess, HistoryProgress, HistoryRebuild
 from worker.progress import LogProgress
 from worker.stripe_api import StripeUnavailable
 
@@ -591,6 +592,53 @@ def test_a_killed_history_process_fails_the_run_which_then_resumes(
     uninterrupted = run_backfill(db, config)
     assert outcome(db, uninterrupted.run_id) == interrupted
     assert dict(uninterrupted.counts) == counts
+
+
+def rebuilt(db: Database) -> list[str]:
+    with db.session() as session:
+        return sorted(session.scalars(select(BackfillCustomer.customer_id).where(BackfillCustomer.rebuilt)))
+
+
+def test_two_history_workers_never_take_the_same_customer(db: Database, config: Settings, stripe: FakeStripe) -> None:
+    """What the reading process does once everything is read: rebuild beside the history process."""
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite serialises writers through its single write lock: one history worker")
+    history_account(stripe)
+    stripe.add("customers", *customers(12))
+    stripe.add(
+        "subscriptions",
+        *(
+            subscription(item(BASIC), start=utc(2, 1), sub_id=f"sub_{n:04d}", customer=f"cus_{n:04d}")
+            for n in range(12)
+        ),
+    )
+    run = run_backfill(db, config)
+    expected = outcome(db, run.run_id)
+    with db.transaction() as session:  # as when the history process starts: nothing rebuilt yet
+        session.execute(update(BackfillCustomer).values(rebuilt=False))
+        session.execute(delete(SyncCheckpoint).where(SyncCheckpoint.stream == HISTORY_STREAM))
+    with db.transaction() as session:
+        HistoryProgress().save(session, run.run_id)
+        started = session.get_one(SyncRun, run.run_id).started_at
+    history = HistoryRebuild(db, config, run.run_id, started)
+
+    other = db.engine.connect()  # another worker's open batch: it holds cus_1
+    other.execute(text("BEGIN"))
+    other.execute(select(BackfillCustomer).where(BackfillCustomer.customer_id == "cus_1").with_for_update())
+    try:
+        while history.rebuild_batch(None):
+            pass
+        assert rebuilt(db) == [f"cus_{n:04d}" for n in range(12)]
+        assert not history.finish(), "cus_1 is still being rebuilt"
+    finally:
+        other.rollback()
+        other.close()
+    assert history.rebuild_batch(None)
+    assert history.finish()
+    assert sorted(rebuilt(db)) == sorted(["cus_1", *(f"cus_{n:04d}" for n in range(12))])
+    progress = HistoryProgress.load(db, run.run_id)
+    assert (progress.customers, progress.done) == (13, True)
+    assert outcome(db, run.run_id) == expected
 
 
 def test_a_history_process_interrupted_on_its_own_fails_the_run(
