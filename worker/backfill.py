@@ -24,6 +24,8 @@ failed, hence resumable.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import queue
 import threading
@@ -70,6 +72,10 @@ HEARTBEAT_S = 15.0
 
 DAY_S = 86_400
 """The precision to which the oldest customer is found."""
+
+MALLOC_ARENAS = 2
+"""glibc's malloc arenas for this process (`mallopt(M_ARENA_MAX)`): by default up to 8 per core, and the
+reading threads' freed pages stay in their own; with 2 they are reused, about 25 MB less at the peak."""
 
 STOPPED = "stopped: "
 """Prefix of the error that says why a run stopped; not an object's error, dropped on resume."""
@@ -453,6 +459,11 @@ class _Backfill:
         )
 
 
+def _few_malloc_arenas() -> None:
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: its own allocator
+        ctypes.CDLL(None).mallopt(-8, MALLOC_ARENAS)  # -8 is M_ARENA_MAX
+
+
 def backfill(
     db: Database,
     settings: Settings,
@@ -464,6 +475,7 @@ def backfill(
     """Import history from Stripe (objects created from `since` on, the catalog whole); resume an unfinished run."""
     limiter = stripe_limiter(settings)
     StripeAPI(settings, throttle=limiter)  # no key, no run: refused before a run row is written
+    _few_malloc_arenas()
     parameters = {"since": since.isoformat() if since is not None else None}
     report = start_run(db, "backfill", parameters=parameters, livemode=settings.livemode, resumable=True)
     if report.resumed:
