@@ -109,3 +109,22 @@ def test_models_match_the_migrations(engine: Engine) -> None:
     with engine.connect() as connection:
         differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     assert differences == []
+
+
+def test_stripe_documents_are_compressed_with_lz4_on_postgresql(own_postgresql: Engine) -> None:
+    migrate.upgrade(own_postgresql)
+    query = text(
+        "SELECT attrelid::regclass::text, attcompression FROM pg_attribute "
+        "WHERE attname = 'payload' AND attrelid::regclass::text = ANY(:tables)"
+    )
+    names = ["stripe_events", "stripe_objects", "subscriptions", "subscription_snapshots"]
+    with own_postgresql.connect() as connection:
+        lz4 = connection.execute(
+            text("SELECT 'lz4' = ANY(enumvals) FROM pg_settings WHERE name = 'default_toast_compression'")
+        ).scalar()
+        if not lz4:
+            pytest.skip("this PostgreSQL has no lz4")
+        assert dict(connection.execute(query, {"tables": names}).all()) == dict.fromkeys(names, "l")
+    migrate.downgrade(own_postgresql, "0008")
+    with own_postgresql.connect() as connection:
+        assert dict(connection.execute(query, {"tables": names}).all()) == dict.fromkeys(names, "")
