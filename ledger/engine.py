@@ -18,7 +18,7 @@ from typing import Any, cast
 from sqlalchemy import Table, case, delete, func, insert, select
 from sqlalchemy.orm import Session
 
-from ledger.db import add_to_rows
+from ledger.db import add_to_rows, insert_rows
 from ledger.models import (
     AccountMonth,
     Customer,
@@ -43,7 +43,7 @@ TABLES: dict[str, Table] = {
     model.__name__: model.__table__  # type: ignore[misc]
     for model in (SubscriptionChange, Movement, CustomerMonthly)
 }
-"""Bulk inserts go to the tables directly: the ORM's per-row bookkeeping is not needed there."""
+"""Bulk inserts go to the tables directly (`ledger.db.insert_rows`): no ORM bookkeeping per row."""
 
 CurrentState = Callable[[str], Mapping[str, Any] | None]
 """The subscription as the API shows it now, when a tie needs it (None: unknown)."""
@@ -185,7 +185,7 @@ def recompute_customers(
         for change in changes[customer_id]
     ]
     if change_rows:
-        session.execute(insert(TABLES["SubscriptionChange"]), change_rows)
+        insert_rows(session, TABLES["SubscriptionChange"], change_rows)
 
     stored: dict[str, list[tuple[int, tuple[Any, ...], str]]] = {customer_id: [] for customer_id in customer_ids}
     # Columns, not ORM objects: a backfill batch reads thousands of rows here.
@@ -241,7 +241,7 @@ def recompute_customers(
     if stale:
         session.execute(delete(Movement).where(Movement.id.in_(stale)))
     if new_rows:
-        session.execute(insert(TABLES["Movement"]), new_rows)
+        insert_rows(session, TABLES["Movement"], new_rows)
     add_to_rows(
         session,
         DailyTotal,
@@ -306,7 +306,7 @@ def _store_months(
             for name, value in values.items():
                 setattr(row, name, value)
     if fresh:
-        session.execute(insert(TABLES["CustomerMonthly"]), fresh)
+        insert_rows(session, TABLES["CustomerMonthly"], fresh)
     add_to_rows(
         session,
         AccountMonth,
