@@ -159,7 +159,7 @@ class _Backfill:
             previous_errors = list(run.errors) if report.resumed else []
         # What was read is counted from the checkpoints and what history did from its own, exactly:
         # the run row's counts may lag. The readers' errors are kept, not why the run stopped.
-        self.history = HistoryProgress.load(db, report.run_id)
+        self.history = HistoryProgress.begin(db, report.run_id)
         report.counts, report.errors = Counter(), []
         for message in previous_errors:
             if not message.startswith(STOPPED) and message not in self.history.errors:

@@ -91,6 +91,14 @@ class HistoryProgress:
             return cls.of(session.get(SyncCheckpoint, (run_id, HISTORY_STREAM)))
 
     @classmethod
+    def begin(cls, db: Database, run_id: str) -> HistoryProgress:
+        """The checkpoint as it stands, written if there is none yet: each batch adds to it, row locked."""
+        with db.transaction() as session:
+            progress = cls.of(session.get(SyncCheckpoint, (run_id, HISTORY_STREAM)))
+            progress.save(session, run_id)
+        return progress
+
+    @classmethod
     def of(cls, row: SyncCheckpoint | None) -> HistoryProgress:
         if row is None or row.cursor is not None:
             # None yet, or a layout that kept a cursor: its customers are rebuilt again, which is harmless.
@@ -131,7 +139,8 @@ class HistoryRebuild:
         self.run_id = run_id
         self.started_at = started_at
         self.source = f"backfill:{run_id}"
-        self.progress = HistoryProgress.load(db, run_id)
+        self.progress = HistoryProgress()
+        """What the checkpoint said after this worker's last batch."""
         self._api: StripeAPI | None = None
         self._prices: dict[str, Mapping[str, Any]] = {}
         """Stored prices read so far: a run reads each once."""
@@ -142,30 +151,31 @@ class HistoryRebuild:
         return self.db.engine.dialect.name == "postgresql"
 
     def run(self, *, reading: Callable[[], bool] = lambda: True) -> None:
-        """Rebuild batches as windows are read; record the end once every customer is rebuilt.
+        """The history process: rebuild every customer, then record the end.
 
-        `reading()` false means the reading process is gone: stop waiting for it.
+        `reading()` false means the reading process is gone: stop.
         """
-        with self.db.transaction() as session:  # the row each batch adds to, locked while it does
-            self.progress = HistoryProgress.of(session.get(SyncCheckpoint, (self.run_id, HISTORY_STREAM)))
-            self.progress.save(session, self.run_id)
+        while self._rebuild_ready(going_on=reading):
+            if self.finish():
+                return
+            time.sleep(CLAIM_WAIT_S)  # the reading process holds the last customers
+
+    def _rebuild_ready(self, *, going_on: Callable[[], bool]) -> bool:
+        """Rebuild customers as their windows are read; True once everything is read and no customer is left
+        to take, False as soon as `going_on()` is false."""
         exhausted: datetime | None = None
-        while not self.progress.done:
+        while going_on():
             streams, read = self._planned()
-            if streams and len(read) == len(streams):
-                if self.rebuild_batch(None):
-                    continue
-                if self.finish():
-                    return
-                time.sleep(CLAIM_WAIT_S)  # the reading process holds the last customers
-                continue
-            frontier = ready_from(streams, read)
+            everything = bool(streams) and len(read) == len(streams)
+            frontier = None if everything else ready_from(streams, read)
             # Nothing new is ready until another window is read: the customers are not asked again.
-            if frontier is None or frontier == exhausted or not self.rebuild_batch(frontier):
-                exhausted = frontier
-                if not reading():
-                    return
-                time.sleep(POLL_S)
+            if (everything or frontier not in (None, exhausted)) and self.rebuild_batch(frontier):
+                continue
+            if everything:
+                return True
+            exhausted = frontier
+            time.sleep(POLL_S)
+        return False
 
     def _planned(self) -> tuple[list[Stream], set[str]]:
         """The run's reading streams, and the names of those read to the end."""
