@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, Table, create_engine, event, text
+from sqlalchemy import DateTime, Engine, Select, Table, create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session, sessionmaker
@@ -171,6 +171,14 @@ def insert_all_unless_present(
     if rows:
         ordered = sorted(rows, key=lambda row: tuple(row[column] for column in key))
         session.execute(_insert(session)(model.__table__).on_conflict_do_nothing(index_elements=key), ordered)
+
+
+def insert_selected_unless_present(
+    session: Session, model: type[Any], columns: list[str], rows: Select[Any], *, key: list[str]
+) -> None:
+    """`insert_all_unless_present` for the rows a query selects, in one statement."""
+    statement = _insert(session)(model.__table__).from_select(columns, rows)
+    session.execute(statement.on_conflict_do_nothing(index_elements=key))
 
 
 def insert_rows(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:

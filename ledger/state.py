@@ -16,9 +16,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import literal, select
 from sqlalchemy.orm import Session
 
-from ledger.db import from_timestamp, insert_all_unless_present, insert_unless_present, upsert_newer
+from ledger.db import (
+    from_timestamp,
+    insert_all_unless_present,
+    insert_selected_unless_present,
+    insert_unless_present,
+    upsert_newer,
+)
 from ledger.intake import (
     CATALOG_EVENTS,
     CUSTOMER_EVENTS,
@@ -212,21 +219,25 @@ def record_object(session: Session, obj: Mapping[str, Any], *, observed_at: date
     return Applied(customer_id=customer_id, subscription_id=None, observed_at=observed_at)
 
 
-def record_objects(session: Session, objects: Sequence[Mapping[str, Any]], *, observed_at: datetime) -> None:
+def record_objects(
+    session: Session, objects: Sequence[Mapping[str, Any]], *, observed_at: datetime, customers: bool = True
+) -> None:
     """`record_object` for a page of objects read from the API at `observed_at`: a few statements.
 
     The stored `deleted` mark is left as it is (a list never returns deleted objects).
+    `customers=False` leaves the customers the objects name to the caller
+    (`record_named_customers`, once for many pages).
     """
     rows: dict[str, dict[str, Any]] = {}
-    customers: dict[str, bool] = {}
+    named: dict[str, bool] = {}
     for obj in objects:
         object_id, kind = obj.get("id"), obj.get("object")
         if not isinstance(object_id, str) or not isinstance(kind, str):
             raise UnusableEvent("object lacks id or type")
         customer_id = customer_of(obj)
         livemode = bool(obj.get("livemode"))
-        if customer_id is not None:
-            customers[customer_id] = livemode
+        if customer_id is not None and customers:
+            named[customer_id] = livemode
         rows[object_id] = {
             "id": object_id,
             "object": kind,
@@ -240,11 +251,32 @@ def record_objects(session: Session, objects: Sequence[Mapping[str, Any]], *, ob
         Customer,
         [
             {"id": customer_id, "livemode": livemode, "deleted": False, "observed_at": NEVER_OBSERVED}
-            for customer_id, livemode in customers.items()
+            for customer_id, livemode in named.items()
         ],
         key=["id"],
     )
     upsert_newer(session, StripeObject, list(rows.values()), key="id", version="observed_at")
+
+
+def record_named_customers(session: Session, kind: str, *, observed_since: datetime) -> None:
+    """A customer row, known only by id, for each customer that stored objects of `kind` observed since
+    then name and that has none yet: what `record_objects` does page by page, in one statement."""
+    named = (
+        select(
+            StripeObject.customer_id,
+            StripeObject.livemode,
+            literal(False),
+            literal(NEVER_OBSERVED, Customer.__table__.c.observed_at.type),
+        )
+        .distinct()
+        .where(
+            StripeObject.object == kind,
+            StripeObject.customer_id.is_not(None),
+            StripeObject.observed_at >= observed_since,
+        )
+        .order_by(StripeObject.customer_id)  # key order: concurrent writers never deadlock
+    )
+    insert_selected_unless_present(session, Customer, ["id", "livemode", "deleted", "observed_at"], named, key=["id"])
 
 
 def record_customers(session: Session, customers: Sequence[Mapping[str, Any]], *, observed_at: datetime) -> None:

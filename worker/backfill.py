@@ -44,7 +44,7 @@ from sqlalchemy.orm import Session
 from ledger.db import Database, commit_without_waiting_for_disk, insert_all_unless_present, utcnow
 from ledger.models import BackfillCustomer, RunStatus, SyncCheckpoint, SyncRun
 from ledger.settings import Settings
-from ledger.state import UnusableEvent, customer_of, record_customers, record_objects
+from ledger.state import UnusableEvent, customer_of, record_customers, record_named_customers, record_objects
 from worker.history import HISTORY_STREAM, POLL_S, HistoryFailed, HistoryProcess, HistoryProgress, HistoryRebuild
 from worker.progress import NoProgress, ProgressReporter
 from worker.ratelimit import RateLimiter, stripe_limiter
@@ -285,6 +285,8 @@ class _Backfill:
                     followed_at = time.monotonic()
             for pool in pools.values():
                 pool.shutdown(wait=True)
+            with self.db.transaction() as session:  # a row for the customers only invoices name
+                record_named_customers(session, "invoice", observed_since=self.started_at)
             # Everything is read: this process's core rebuilds customers too, beside the history process.
             helper = HistoryRebuild(self.db, self.settings, self.report.run_id, self.started_at)
             while helper.shares_work and helper.rebuild_batch(None):
@@ -443,6 +445,9 @@ class _Backfill:
     def _store_page(self, session: Session, kind: str, page: Sequence[Mapping[str, Any]], read_at: datetime) -> None:
         if kind == "customers":
             record_customers(session, page, observed_at=read_at)
+            return
+        if kind == "invoices":  # their customers are stored once every page is read (`read`)
+            record_objects(session, page, observed_at=read_at, customers=False)
             return
         if kind != "subscriptions":
             record_objects(session, page, observed_at=read_at)

@@ -318,6 +318,16 @@ def test_every_list_is_read_with_what_the_mrr_rules_need_expanded(
     assert set(stored(db, "discount")) == {"di_half"}
 
 
+def test_a_customer_only_an_invoice_names_is_stored_by_id(db: Database, config: Settings, stripe: FakeStripe) -> None:
+    """A deleted customer is not listed; its one-off invoice still names it, as a webhook would."""
+    history_account(stripe)
+    stripe.add("invoices", invoice("in_gone", utc(3, 3), [], sub_id="", customer_id="cus_gone"))
+    run_backfill(db, config)
+    with db.session() as session:
+        known = {row.id: (row.email, row.livemode) for row in session.scalars(select(Customer))}
+    assert known == {"cus_1": ("cus_1@example.com", False), "cus_gone": (None, False)}
+
+
 def test_pages_are_followed_while_has_more(db: Database, config: Settings, stripe: FakeStripe) -> None:
     stripe.add("customers", *customers(150))
     report = run_backfill(db, config)
