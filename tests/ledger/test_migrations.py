@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -128,3 +130,47 @@ def test_stripe_documents_are_compressed_with_lz4_on_postgresql(own_postgresql: 
     migrate.downgrade(own_postgresql, "0008")
     with own_postgresql.connect() as connection:
         assert dict(connection.execute(query, {"tables": names}).all()) == dict.fromkeys(names, "")
+
+
+def test_an_unfinished_backfill_of_an_earlier_version_gets_its_customers_to_rebuild(engine: Engine) -> None:
+    migrate.upgrade(engine, "0007")
+    started = datetime(2026, 1, 1, tzinfo=UTC)
+    runs, objects = Base.metadata.tables["sync_runs"], Base.metadata.tables["stripe_objects"]
+
+    def run(run_id: str, kind: str, status: str) -> dict[str, Any]:
+        common = {"livemode": False, "finished_at": None, "parameters": {}, "counts": {}, "errors": []}
+        return common | {"id": run_id, "kind": kind, "status": status, "started_at": started, "heartbeat_at": started}
+
+    def subscription(sub_id: str, customer_id: str, observed_at: datetime) -> dict[str, Any]:
+        payload = {"id": sub_id, "object": "subscription", "customer": customer_id}
+        return {
+            "id": sub_id,
+            "object": "subscription",
+            "livemode": False,
+            "customer_id": customer_id,
+            "deleted": False,
+            "payload": payload,
+            "observed_at": observed_at,
+        }
+
+    with engine.begin() as connection:
+        connection.execute(
+            runs.insert(),
+            [
+                run("failed_backfill", "backfill", "failed"),
+                run("finished_backfill", "backfill", "ok"),
+                run("failed_reconcile", "reconcile", "failed"),
+            ],
+        )
+        connection.execute(
+            objects.insert(),
+            [
+                subscription("sub_1", "cus_read", started + timedelta(minutes=1)),
+                subscription("sub_2", "cus_read", started + timedelta(minutes=2)),
+                subscription("sub_3", "cus_before", started - timedelta(days=1)),
+            ],
+        )
+    migrate.upgrade(engine)
+    with engine.connect() as connection:
+        rows = connection.execute(text("SELECT run_id, customer_id, rebuilt FROM backfill_customers")).all()
+    assert [tuple(row) for row in rows] == [("failed_backfill", "cus_read", False)]

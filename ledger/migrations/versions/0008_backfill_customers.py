@@ -1,5 +1,10 @@
 """backfill customers: each backfill run's customers to rebuild, shared by its history workers
 
+A backfill left unfinished (running or failed, hence resumable) by an earlier
+version gets its list here: every customer of the subscriptions it read. Its
+history checkpoint kept a cursor, which the resumed run ignores, so those
+customers are all rebuilt (again, for some: harmless).
+
 Revision ID: 0008
 Revises: 0007
 """
@@ -21,6 +26,18 @@ def upgrade() -> None:
         sa.Column("run_id", sa.String(64), primary_key=True),
         sa.Column("customer_id", sa.String(255), primary_key=True),
         sa.Column("rebuilt", sa.Boolean(), nullable=False),
+    )
+    op.execute(
+        """
+        INSERT INTO backfill_customers (run_id, customer_id, rebuilt)
+        SELECT DISTINCT runs.id, objects.customer_id, false
+        FROM sync_runs AS runs
+        JOIN stripe_objects AS objects
+          ON objects.object = 'subscription'
+         AND objects.customer_id IS NOT NULL
+         AND objects.observed_at >= runs.started_at
+        WHERE runs.kind = 'backfill' AND runs.status IN ('running', 'failed')
+        """
     )
 
 
