@@ -285,13 +285,13 @@ class _Backfill:
                     followed_at = time.monotonic()
             for pool in pools.values():
                 pool.shutdown(wait=True)
-            with self.db.transaction() as session:  # a row for the customers only invoices name
-                record_named_customers(session, "invoice", observed_since=self.started_at)
             # Everything is read: this process's core rebuilds customers too, beside the history process.
             helper = HistoryRebuild(self.db, self.settings, self.report.run_id, self.started_at)
             while helper.shares_work and helper.rebuild_batch(None):
                 history.check()
                 self.follow_history()
+            with self.db.transaction() as session:  # a row for the customers only invoices name
+                record_named_customers(session, "invoice", observed_since=self.started_at)
             while not history.wait(POLL_S):
                 self.follow_history()
             self.follow_history()
