@@ -28,6 +28,7 @@ PriceLookup = Callable[[str], Mapping[str, Any] | None]
 """Stored price objects by id (with `tiers` when tiered); None when the price is not stored."""
 
 IGNORED_INVOICE_STATUSES = frozenset({"draft", "void"})
+"""A draft may still change and a void invoice was never owed: neither says what was billed."""
 
 _INVOICE_FIELDS = (
     "id",
@@ -41,7 +42,6 @@ _INVOICE_FIELDS = (
     "total_discount_amounts",
 )
 """What `reconstruct` reads of an invoice."""
-"""A draft may still change and a void invoice was never owed: neither says what was billed."""
 
 CURRENT_SOURCE = "current"
 """Source of the version that is the subscription as read now."""
@@ -494,5 +494,5 @@ def reconstruct(
         # Stripe never bills a period after the subscription ended or after "now"; if an
         # invoice says so anyway, the current state still comes last (its churn keeps its date).
         observed_at = versions[-1].observed_at + NEXT_INSTANT
-    versions.append(HistoricalVersion(jsoncodec.copy(subscription), observed_at, CURRENT_SOURCE))
+    versions.append(HistoricalVersion(jsoncodec.copy(dict(subscription)), observed_at, CURRENT_SOURCE))
     return versions
