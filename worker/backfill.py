@@ -446,14 +446,12 @@ class _Backfill:
         if kind == "customers":
             record_customers(session, page, observed_at=read_at)
             return
-        if kind == "invoices":  # their customers are stored once every page is read (`read`)
-            record_objects(session, page, observed_at=read_at, customers=False)
-            return
-        if kind != "subscriptions":
-            record_objects(session, page, observed_at=read_at)
-            return
         # Subscriptions keep the discounts they carry whole, so a webhook naming one by id finds it.
-        record_objects(session, [*page, *(d for obj in page for d in _discounts(obj))], observed_at=read_at)
+        discounts = [d for obj in page for d in _discounts(obj)] if kind == "subscriptions" else []
+        # The customers invoices name are stored once every page is read (`read`), not page by page.
+        record_objects(session, [*page, *discounts], observed_at=read_at, customers=kind != "invoices")
+        if kind != "subscriptions":
+            return
         # Their customers' histories are to be rebuilt (worker.history), once read whole.
         customers = {customer for customer in map(customer_of, page) if customer is not None}
         insert_all_unless_present(
