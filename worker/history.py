@@ -139,8 +139,6 @@ class HistoryRebuild:
         self.run_id = run_id
         self.started_at = started_at
         self.source = f"backfill:{run_id}"
-        self.progress = HistoryProgress()
-        """What the checkpoint said after this worker's last batch."""
         self._api: StripeAPI | None = None
         self._prices: dict[str, Mapping[str, Any]] = {}
         """Stored prices read so far: a run reads each once."""
@@ -221,10 +219,11 @@ class HistoryRebuild:
             for message in errors:
                 log.warning("backfill: %s", message)
             # Locked last and briefly: the other worker adds its own batch after this commit.
-            row = session.get(SyncCheckpoint, (self.run_id, HISTORY_STREAM), with_for_update=True)
-            self.progress = HistoryProgress.of(row)
-            self.progress.add(len(batch), counts, errors)
-            self.progress.save(session, self.run_id)
+            progress = HistoryProgress.of(
+                session.get(SyncCheckpoint, (self.run_id, HISTORY_STREAM), with_for_update=True)
+            )
+            progress.add(len(batch), counts, errors)
+            progress.save(session, self.run_id)
         return True
 
     def finish(self) -> bool:
@@ -233,9 +232,9 @@ class HistoryRebuild:
             row = session.get(SyncCheckpoint, (self.run_id, HISTORY_STREAM), with_for_update=True)
             if session.execute(self._waiting(None).limit(1)).first() is not None:
                 return False
-            self.progress = HistoryProgress.of(row)
-            self.progress.done = True
-            self.progress.save(session, self.run_id)
+            progress = HistoryProgress.of(row)
+            progress.done = True
+            progress.save(session, self.run_id)
         return True
 
     def history_of(self, session: Session, customers: Sequence[str], counts: Counter[str], errors: list[str]) -> None:
