@@ -1,4 +1,5 @@
-"""MRR by price at the end of a month (mrr-rules.md §8 "Breakdown"), on the hand-worked sample account."""
+"""MRR by price at the end of a month (docs/mrr-rules.md §8, the metrics table, "Breakdown"),
+on the hand-worked sample account."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ledger.fx against mrr-rules.md §7: the rates file, conversion and the FX adjustment."""
+"""ledger.fx against docs/mrr-rules.md §7: the rates file, conversion and the FX adjustment."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""mrr-rules.md §8 formulas, with the spec's worked examples 9–11."""
+"""The formulas of docs/mrr-rules.md §8, the metrics table, with docs/mrr-rules.md worked examples 9–11."""
 
 from __future__ import annotations
 
@@ -60,5 +60,5 @@ def test_ltv_is_arpa_over_the_average_monthly_churn_rate() -> None:
 
 
 def test_arr_and_net_new() -> None:
-    assert metrics.arr(2_500_000) == 30_000_000  # worked example 2: €25,000 MRR → €300,000 ARR
+    assert metrics.arr(2_500_000) == 30_000_000  # docs/mrr-rules.md worked example 2: €25,000 MRR → €300,000 ARR
     assert metrics.net_new_mrr(new=100, expansion=50, reactivation=25, contraction=-10, churn=-40) == 125

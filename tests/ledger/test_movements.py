@@ -1,4 +1,4 @@
-"""ledger.movements against mrr-rules.md §6, and the whole path from snapshots to movements."""
+"""ledger.movements against docs/mrr-rules.md §6, and the whole path from snapshots to movements."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from ledger.movements import (
 )
 from ledger.settings import RuleSettings
 from ledger.timeline import Change, Snapshot, subscription_changes
-from tests.ledger.subscription_payloads import item, price, snapshot, subscription, utc
+from tests.ledger.subscription_payloads import item, price, repeating_discount, snapshot, subscription, utc
 
 DAY = RuleSettings()
 NONE = RuleSettings(netting="none")
@@ -197,7 +197,7 @@ def test_customer_mrr_series_is_end_of_day_mrr_where_it_changed() -> None:
     assert customer_mrr_series(changes) == {"usd": [(date(2024, 1, 5), 5000)], "eur": [(date(2024, 1, 7), 2000)]}
 
 
-# --- Worked examples, from snapshots ---------------------------------------------------------
+# --- docs/mrr-rules.md worked examples, from snapshots ---------------------------------------
 
 START = utc(1, 10, 9)
 GOLD_YEARLY = price(50000, "year", price_id="price_gold_yearly", product="prod_gold")
@@ -245,6 +245,15 @@ def test_worked_example_4_the_full_sequence() -> None:
         (date(2024, 4, 1), "contraction", -6000),
         (date(2024, 7, 1), "churn", -16667),
         (date(2024, 9, 1), "reactivation", 15000),
+    ]
+
+
+def test_worked_example_6_the_discount_ending_is_an_expansion() -> None:
+    ends = utc(4, 10, 9)  # 3 months after the start
+    payload = subscription(item(price(1000)), start=START, discounts=[repeating_discount(10, START, ends)])
+    assert summary(movements_from([snapshot(payload, START)])) == [
+        (date(2024, 1, 10), "new", 900),
+        (date(2024, 4, 10), "expansion", 100),
     ]
 
 

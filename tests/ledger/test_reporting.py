@@ -1,4 +1,4 @@
-"""MRR series and the FX adjustment (mrr-rules.md §7) over stored movements."""
+"""MRR series and the FX adjustment (docs/mrr-rules.md §7) over stored movements."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""A month's §8 KPIs from the monthly rollup, on a small account worked by hand."""
+"""A month's KPIs (docs/mrr-rules.md §8, the metrics table) from the monthly rollup,
+on a small account worked by hand."""
 
 from __future__ import annotations
 

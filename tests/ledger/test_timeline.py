@@ -1,4 +1,4 @@
-"""ledger.timeline against mrr-rules.md §2 (what counts) and §5 (when it takes effect)."""
+"""ledger.timeline against docs/mrr-rules.md §2 (what counts) and §5 (when it takes effect)."""
 
 from __future__ import annotations
 

@@ -113,7 +113,7 @@ def same_second_events(customers: int) -> list[dict[str, Any]]:
 
 
 def expected_movements(count: int) -> list[tuple[Any, ...]]:
-    """The movements of `many_customers(count)`, worked out by hand (mrr-rules.md §3):
+    """The movements of `many_customers(count)`, worked out by hand (docs/mrr-rules.md §3):
     new at the start, +1 seat on 3 February, odd customers churn on 2 April."""
     rows = []
     for n in range(count):

@@ -74,7 +74,7 @@ PLATINUM = price(15000, price_id="price_platinum", product="prod_platinum")
 
 
 def lifecycle() -> list[dict[str, Any]]:
-    """Worked example 3 and a cancellation: $100 plan, upgrade to $150, canceled."""
+    """docs/mrr-rules.md worked example 3 and a cancellation: $100 plan, upgrade to $150, canceled."""
     start = utc(1, 10)
     created = subscription(item(GOLD), start=start)
     upgraded = subscription(item(PLATINUM), start=start)

@@ -1,4 +1,4 @@
-"""Reconciliation (mrr-rules.md §9): the ledger against Stripe's current state, on
+"""Reconciliation (docs/mrr-rules.md §9): the ledger against Stripe's current state, on
 the real database, with Stripe's HTTP API simulated by `responses`."""
 
 from __future__ import annotations

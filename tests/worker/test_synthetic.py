@@ -262,7 +262,7 @@ def test_every_scenario_of_the_issue_appears_in_a_default_size_account(seed: int
     assert 250 <= sum(1 for e in default_account(seed).events() if e["type"] == "customer.created") <= 300
 
 
-# --- The generator's own arithmetic, against mrr-rules.md --------------------------------------
+# --- The generator's own arithmetic, against docs/mrr-rules.md ---------------------------------
 
 
 def _subscription(
