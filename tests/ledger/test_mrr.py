@@ -1,4 +1,4 @@
-"""ledger.mrr against mrr-rules.md §1–§4, on payloads built from real Stripe shapes."""
+"""ledger.mrr against docs/mrr-rules.md §1–§4, on payloads built from real Stripe shapes."""
 
 from __future__ import annotations
 
