@@ -1,4 +1,4 @@
-"""Real Stripe payloads from ../shared/fixtures/stripe, and a way to sign them."""
+"""Real Stripe payloads from tests/fixtures/stripe, and a way to sign them."""
 
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "stripe"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "stripe"
 WEBHOOK_SECRET = "whsec_test_subledger_0123456789"
 
 
 def event_2020(name: str) -> dict[str, Any]:
     """A whole webhook event as Stripe sent it with API version 2020-03-02."""
-    return json.loads((FIXTURES / "events-api-2020" / f"{name}.json").read_text())
+    event: dict[str, Any] = json.loads((FIXTURES / "events-api-2020" / f"{name}.json").read_text())
+    return event
 
 
 @cache

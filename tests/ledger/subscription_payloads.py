@@ -1,6 +1,6 @@
 """Subscription payloads and snapshots for the timeline and movement tests.
 
-Built from the current-API `subscription` of the shared Stripe fixtures, with
+Built from the current-API `subscription` of the Stripe fixtures (tests/fixtures/stripe), with
 every life-cycle field (trial, cancellation, pause) reset so a test sets only
 what it is about.
 """
@@ -8,15 +8,12 @@ what it is about.
 from __future__ import annotations
 
 import copy
-import json
 from datetime import UTC, datetime
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 from ledger.timeline import Change, Snapshot
-
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "stripe"
+from tests.stripe_payloads import resource
 
 
 def ts(instant: datetime) -> int:
@@ -29,8 +26,7 @@ def utc(month: int, day: int, hour: int = 0, minute: int = 0, year: int = 2024) 
 
 @cache
 def _subscription_template() -> dict[str, Any]:
-    resources = json.loads((FIXTURES / "fixtures3.json").read_text())["resources"]
-    template: dict[str, Any] = copy.deepcopy(resources["subscription"])
+    template = resource("subscription")
     template.update(
         cancel_at=None,
         cancel_at_period_end=False,

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import copy
-import json
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from fractions import Fraction
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,8 +26,7 @@ from ledger.mrr import (
     value_breakpoints,
 )
 from ledger.settings import RuleSettings
-
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "stripe"
+from tests.stripe_payloads import event_2020, resource
 
 IGNORE = RuleSettings()
 SUBTRACT = RuleSettings(discounts_once="subtract")
@@ -46,18 +42,6 @@ def ts(instant: datetime) -> int:
 # --- Payload builders: real fixture shapes with the values a test sets -------------------
 
 
-@cache
-def _resources() -> dict[str, Any]:
-    resources: dict[str, Any] = json.loads((FIXTURES / "fixtures3.json").read_text())["resources"]
-    return resources
-
-
-@cache
-def _legacy_event() -> dict[str, Any]:
-    event: dict[str, Any] = json.loads((FIXTURES / "events-api-2020" / "subscription_created.json").read_text())
-    return event
-
-
 def price(
     unit_amount: int | None = 1000,
     interval: str = "month",
@@ -69,7 +53,7 @@ def price(
     **fields: Any,
 ) -> dict[str, Any]:
     """A current-API price (fixtures3 `price`)."""
-    result: dict[str, Any] = copy.deepcopy(_resources()["price"])
+    result: dict[str, Any] = resource("price")
     result.update(
         id=price_id,
         product=product,
@@ -84,7 +68,7 @@ def price(
 
 def item(rate: dict[str, Any], quantity: int | None = 1, *, item_id: str = "si_1", **fields: Any) -> dict[str, Any]:
     """A current-API subscription item (fixtures3 `subscription_item`), keeping its placeholder `plan`."""
-    result: dict[str, Any] = copy.deepcopy(_resources()["subscription_item"])
+    result: dict[str, Any] = resource("subscription_item")
     result.update(id=item_id, price=rate, quantity=quantity, discounts=[])
     result.update(fields)
     return result
@@ -92,7 +76,7 @@ def item(rate: dict[str, Any], quantity: int | None = 1, *, item_id: str = "si_1
 
 def subscription(*items: dict[str, Any], discounts: list[Any] | None = None, **fields: Any) -> dict[str, Any]:
     """A current-API subscription (fixtures3 `subscription`)."""
-    result: dict[str, Any] = copy.deepcopy(_resources()["subscription"])
+    result: dict[str, Any] = resource("subscription")
     result["items"]["data"] = list(items)
     result["discounts"] = discounts or []
     result.update(fields)
@@ -109,7 +93,7 @@ def coupon(
     **fields: Any,
 ) -> dict[str, Any]:
     """A coupon (fixtures3 `coupon`)."""
-    result: dict[str, Any] = copy.deepcopy(_resources()["coupon"])
+    result: dict[str, Any] = resource("coupon")
     result.update(
         id=coupon_id,
         percent_off=percent_off,
@@ -129,7 +113,7 @@ def discount(
     discount_id: str = "di_1",
 ) -> dict[str, Any]:
     """A newest-API discount (fixtures3 `discount`): the coupon under `source`."""
-    result: dict[str, Any] = copy.deepcopy(_resources()["discount"])
+    result: dict[str, Any] = resource("discount")
     result.update(id=discount_id, start=ts(start), end=None if end is None else ts(end))
     result["source"]["coupon"] = held
     return result
@@ -146,7 +130,7 @@ def legacy_subscription(
     end: datetime | None = None,
 ) -> dict[str, Any]:
     """A 2020-03-02 subscription (events-api-2020): items with `plan` and `price`, top-level `plan`."""
-    result: dict[str, Any] = copy.deepcopy(_legacy_event()["data"]["object"])
+    result: dict[str, Any] = event_2020("subscription_created")["data"]["object"]
     first = result["items"]["data"][0]
     del result["items"]["data"][1:]
     first["quantity"] = quantity
@@ -395,7 +379,7 @@ def test_legacy_metered_plan_does_not_count() -> None:
 
 def test_item_without_quantity_counts_as_one() -> None:
     # The 2020 fixture's second item really has no `quantity`.
-    payload: dict[str, Any] = copy.deepcopy(_legacy_event()["data"]["object"])
+    payload: dict[str, Any] = event_2020("subscription_created")["data"]["object"]
     for entry in payload["items"]["data"]:
         entry["price"].update(unit_amount=700, unit_amount_decimal="700")
     assert "quantity" not in payload["items"]["data"][1]
