@@ -36,7 +36,7 @@ import requests
 from ledger.intake import partition_of
 from ledger.settings import load_settings
 from worker.local import ProcessGroup, local_system
-from worker.synthetic import SyntheticAccount, export, generate_account, sign
+from worker.synthetic import Behaviour, SyntheticAccount, export, generate_account, sign
 
 DEFAULT_DIRECTORY = Path("subledger-demo")
 """Where a demo keeps its database, rates, account and log (relative to the working directory)."""
@@ -399,7 +399,7 @@ def run_demo(
         print(f"Removed the database of an earlier demo in {files.directory}: starting fresh.")
 
     print(f"Generating a synthetic Stripe account: {customers} customers over 24 months (seed {seed})…", flush=True)
-    account = generate_account(customers=customers, seed=seed)
+    account = generate_account(customers=customers, seed=seed, behaviour=Behaviour.demo())
     history = account.events()
     catalog = account.catalog_events
     export(account, files.account)
@@ -524,7 +524,7 @@ def _live(account: SyntheticAccount, sender: WebhookSender, group: ProcessGroup)
 
 def export_account(directory: Path, *, customers: int, seed: int) -> int:
     """`subledger demo --export DIR`: write the account as JSON and start nothing."""
-    account = generate_account(customers=customers, seed=seed)
+    account = generate_account(customers=customers, seed=seed, behaviour=Behaviour.demo())
     for path in export(account, directory):
         print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
