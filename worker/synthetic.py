@@ -200,7 +200,7 @@ class Behaviour:
         ("remove_coupon", 4),
         ("cancel_now", 9),
         ("cancel_at_period_end", 10),
-        ("cancel_at", 4),
+        ("cancel_at", 6),
         ("pause", 4),
     )
     """What a change is (among those that apply to the subscription)."""
@@ -522,8 +522,13 @@ class Discount:
     used: bool = False
     """A once-coupon's discount has taken its one invoice."""
     removed_at: int | None = None
+    _with_coupon: dict[str, Any] | None = field(default=None, repr=False)
 
     def stripe(self, api_version: str = API_VERSION) -> dict[str, Any]:
+        """The discount; in the 2020 shape with its coupon inside, as it was when the discount was made
+        (one shared copy, so versions of a subscription differ only where the subscription changed)."""
+        if api_version == API_VERSION_2020 and self._with_coupon is not None:
+            return self._with_coupon
         discount: dict[str, Any] = {
             "id": self.id,
             "object": "discount",
@@ -542,6 +547,7 @@ class Discount:
         if api_version == API_VERSION_2020:
             del discount["source"], discount["customer_account"], discount["subscription_item"]
             discount["coupon"] = self.coupon.stripe()
+            self._with_coupon = discount
         return discount
 
 
@@ -662,7 +668,7 @@ class Invoice:
     period_start: int
     period_end: int
     charges: list[Charge]
-    discounts: list[str] = field(default_factory=list)
+    discounts: list[Discount] = field(default_factory=list)
     """The subscription's discounts that applied (its items' are on the lines)."""
     status: str = "draft"
     number: str | None = None
@@ -1413,7 +1419,7 @@ class SyntheticAccount:
         for discount in subscription.discounts:
             if not self._active(discount, at):
                 continue
-            invoice.discounts.append(discount.id)
+            invoice.discounts.append(discount)
             applicable = [charge for charge in regular if _applies(discount, charge.item)]
             terms = discount.coupon.terms
             if terms.amount_off is None:
@@ -1456,12 +1462,20 @@ class SyntheticAccount:
         automatic = invoice.billing_reason == "subscription_cycle" or kind != "invoice.created"
         self._event(kind, self._render_invoice(invoice, self.api_version), at, automatic=automatic)
 
-    def _pending_item(self, subscription: Subscription, charge: Charge, at: int) -> None:
-        pending = InvoiceItem(self._id("ii", 24), subscription, charge, at)
-        charge.invoice_item = pending.id
-        subscription.pending.append(pending)
-        self.invoice_items.append(pending)
-        self._event("invoiceitem.created", self._render_invoice_item(pending, self.api_version), at)
+    def _prorate(self, subscription: Subscription, charges: list[Charge], at: int) -> list[InvoiceItem]:
+        """Proration invoice items for `charges`, pending until an invoice takes them (not sent yet)."""
+        made = []
+        for charge in charges:
+            pending = InvoiceItem(self._id("ii", 24), subscription, charge, at)
+            charge.invoice_item = pending.id
+            subscription.pending.append(pending)
+            self.invoice_items.append(pending)
+            made.append(pending)
+        return made
+
+    def _send_items(self, made: list[InvoiceItem], at: int) -> None:
+        for pending in made:
+            self._event("invoiceitem.created", self._render_invoice_item(pending, self.api_version), at)
 
     def _collect(self, subscription: Subscription, invoice: Invoice, at: int) -> None:
         """Finalize a renewal's invoice and attempt its payment now, or about an hour later."""
@@ -1685,9 +1699,9 @@ class SyntheticAccount:
         self._schedule_cancel(subscription, at, subscription.main.period_end, True)
 
     def _on_cancel_at(self, subscription: Subscription, at: int) -> None:
-        """Cancel at a date: the end of the period after this one (no proration)."""
+        """Cancel at a date: the end of this period or of the next (no proration)."""
         main = subscription.main
-        self._schedule_cancel(subscription, at, main.period_after(main.cycle + 1), False)
+        self._schedule_cancel(subscription, at, main.period_after(main.cycle + self.rng.randint(0, 1)), False)
 
     def _on_pause(self, subscription: Subscription, at: int) -> None:
         before = self._before(subscription)
@@ -1788,21 +1802,21 @@ class SyntheticAccount:
 
         charges = [self._proration(item, at, -1) for item in subscription.items if not same(item, new.get(item.id))]
         charges += [self._proration(item, at, +1) for item in items if not same(item, old.get(item.id))]
+        # Prorations are invoice items: pending until the next invoice, or invoiced at once.
+        made = [] if behavior == "none" else self._prorate(subscription, charges, at)
         before = self._before(subscription)
         subscription.items = items
         invoice = None
         if behavior == "always_invoice":
-            invoice = self._new_invoice(subscription, at, "subscription_update", charges, (at, at))
+            invoice = self._new_invoice(subscription, at, "subscription_update", [], (at, at))
             subscription.latest_invoice = invoice.id
         self._changed(subscription, at, before)
+        self._send_items(made, at)
         if invoice is not None:
             self._open(invoice, at)
             self._finalize(invoice, at)
             self._pay(invoice, at)
-        elif behavior == "create_prorations":
-            for charge in charges:
-                self._pending_item(subscription, charge, at)
-        else:
+        elif behavior == "none":
             self._limit(subscription, at, "items changed with proration_behavior=none (no invoice shows when)")
 
     def _with(self, subscription: Subscription, item: Item, price: Price, quantity: int) -> list[Item]:
@@ -1877,8 +1891,9 @@ class SyntheticAccount:
             return
         behavior = self._pick(self.behaviour.prorations)
         credits = [] if behavior == "none" else [self._proration(item, at, -1) for item in subscription.items]
+        made = self._prorate(subscription, credits, at)
         before = self._before(subscription)
-        items = []
+        items: list[Item] = []
         for item in subscription.items:
             price = self._price(item.price.product.key, ("year", 1), subscription.currency)
             changed = replace(item, price=price, discounts=list(item.discounts))
@@ -1886,10 +1901,11 @@ class SyntheticAccount:
             items.append(changed)
         subscription.items = items
         subscription.anchor = at
-        charges = [*credits, *(self._regular_charge(item) for item in items)]
+        charges = [self._regular_charge(item) for item in items]
         invoice = self._new_invoice(subscription, at, "subscription_update", charges, (at, at))
         subscription.latest_invoice = invoice.id
         self._changed(subscription, at, before)
+        self._send_items(made, at)
         self._open(invoice, at)
         self._finalize(invoice, at)
         self._pay(invoice, at)
@@ -1945,7 +1961,9 @@ class SyntheticAccount:
 
     def _render_subscription(self, subscription: Subscription, api_version: str) -> dict[str, Any]:
         """The subscription as Stripe shows it, in the API version's shape."""
-        items = [self._render_item(subscription, item, api_version) for item in subscription.items]
+        if api_version == API_VERSION_2020:
+            return self._subscription_2020(subscription)
+        items = [self._render_item(subscription, item) for item in subscription.items]
         rendered = {
             "id": subscription.id,
             "object": "subscription",
@@ -2002,7 +2020,7 @@ class SyntheticAccount:
         return rendered
 
     @staticmethod
-    def _render_item(subscription: Subscription, item: Item, api_version: str) -> dict[str, Any]:
+    def _render_item(subscription: Subscription, item: Item) -> dict[str, Any]:
         return {
             "id": item.id,
             "object": "subscription_item",
@@ -2017,6 +2035,73 @@ class SyntheticAccount:
             "quantity": item.quantity,
             "subscription": subscription.id,
             "tax_rates": [],
+        }
+
+    @staticmethod
+    def _subscription_2020(subscription: Subscription) -> dict[str, Any]:
+        """The 2020-03-02 shape: the period, a single item's `plan` and `quantity` and the one
+        `discount` (its coupon inside) on the subscription; items with `plan` and `price`."""
+        items: list[dict[str, Any]] = [
+            {
+                "id": item.id,
+                "object": "subscription_item",
+                "billing_thresholds": None,
+                "created": item.created,
+                "metadata": {},
+                "plan": item.price.plan(),
+                "price": item.price.stripe(),
+                "quantity": item.quantity,
+                "subscription": subscription.id,
+                "tax_rates": [],
+            }
+            for item in subscription.items
+        ]
+        single = subscription.items[0] if len(subscription.items) == 1 else None
+        discount = subscription.discounts[0].stripe(API_VERSION_2020) if subscription.discounts else None
+        return {
+            "id": subscription.id,
+            "object": "subscription",
+            "application_fee_percent": None,
+            "billing_cycle_anchor": subscription.anchor,
+            "billing_thresholds": None,
+            "cancel_at": subscription.cancel_at,
+            "cancel_at_period_end": subscription.cancel_at_period_end,
+            "canceled_at": subscription.canceled_at,
+            "collection_method": "charge_automatically",
+            "created": subscription.created,
+            "current_period_end": subscription.main.period_end,
+            "current_period_start": subscription.main.period_start,
+            "customer": subscription.customer.id,
+            "days_until_due": None,
+            "default_payment_method": None,
+            "default_source": None,
+            "default_tax_rates": [],
+            "discount": discount,
+            "ended_at": subscription.ended_at,
+            "items": {
+                "object": "list",
+                "data": items,
+                "has_more": False,
+                "total_count": len(items),
+                "url": f"/v1/subscription_items?subscription={subscription.id}",
+            },
+            "latest_invoice": subscription.latest_invoice,
+            "livemode": False,
+            "metadata": {},
+            "next_pending_invoice_item_invoice": None,
+            "pause_collection": subscription.pause_collection,
+            "pending_invoice_item_interval": None,
+            "pending_setup_intent": None,
+            "pending_update": None,
+            "plan": single.price.plan() if single else None,
+            "quantity": single.quantity if single else None,
+            "schedule": None,
+            "start_date": subscription.created,
+            "status": subscription.status,
+            "tax_percent": None,
+            "transfer_data": None,
+            "trial_end": subscription.trial_end,
+            "trial_start": subscription.trial_start,
         }
 
     def _render_lines(self, invoice: Invoice, api_version: str) -> dict[str, Any]:
@@ -2036,6 +2121,8 @@ class SyntheticAccount:
 
     def _render_line(self, invoice: Invoice, charge: Charge, api_version: str) -> dict[str, Any]:
         subscription = invoice.subscription
+        if api_version == API_VERSION_2020:
+            return self._line_2020(invoice, charge)
         credited = None
         if charge.credited is not None:
             credited = {"invoice": charge.credited[0], "invoice_line_items": [charge.credited[1]]}
@@ -2074,7 +2161,38 @@ class SyntheticAccount:
             "taxes": [],
         }
 
+    @staticmethod
+    def _line_2020(invoice: Invoice, charge: Charge) -> dict[str, Any]:
+        """A 2020-03-02 line: `type` subscription (a period) or invoiceitem (a proration), whole price and plan."""
+        line = {
+            "id": charge.line_id,
+            "object": "line_item",
+            "amount": charge.amount,
+            "currency": invoice.subscription.currency,
+            "description": charge.description,
+            "discount_amounts": [{"amount": amount, "discount": d} for amount, d in charge.discount_amounts],
+            "discountable": True,
+            "discounts": list(charge.line_discounts),
+            "livemode": False,
+            "metadata": {},
+            "period": {"end": charge.end, "start": charge.start},
+            "plan": charge.price.plan(),
+            "price": charge.price.stripe(),
+            "proration": charge.proration,
+            "quantity": charge.quantity,
+            "subscription": invoice.subscription.id,
+            "subscription_item": charge.item.id,
+            "tax_amounts": [],
+            "tax_rates": [],
+            "type": "invoiceitem" if charge.invoice_item else "subscription",
+        }
+        if charge.invoice_item:
+            line["invoice_item"] = charge.invoice_item
+        return line
+
     def _render_invoice(self, invoice: Invoice, api_version: str) -> dict[str, Any]:
+        if api_version == API_VERSION_2020:
+            return self._invoice_2020(invoice)
         subscription = invoice.subscription
         customer = subscription.customer
         due = max(invoice.total, 0)
@@ -2115,7 +2233,7 @@ class SyntheticAccount:
             "default_source": None,
             "default_tax_rates": [],
             "description": None,
-            "discounts": list(invoice.discounts),
+            "discounts": [discount.id for discount in invoice.discounts],
             "due_date": None,
             "effective_at": invoice.finalized_at,
             "ending_balance": 0 if invoice.finalized_at is not None else None,
@@ -2166,10 +2284,119 @@ class SyntheticAccount:
             "webhooks_delivered_at": invoice.created,
         }
 
+    def _invoice_2020(self, invoice: Invoice) -> dict[str, Any]:
+        """A 2020-03-02 invoice: a top-level `subscription`, the subscription's discount as the singular
+        `discount` (its coupon inside) beside the `discounts` ids."""
+        subscription = invoice.subscription
+        customer = subscription.customer
+        due = max(invoice.total, 0)
+        paid = invoice.status == "paid"
+        settled = invoice.status in ("paid", "void", "uncollectible")
+        return {
+            "id": invoice.id,
+            "object": "invoice",
+            "account_country": "US",
+            "account_name": ACCOUNT_NAME,
+            "account_tax_ids": None,
+            "amount_due": due,
+            "amount_paid": due if paid else 0,
+            "amount_remaining": 0 if settled else due,
+            "application_fee_amount": None,
+            "attempt_count": invoice.attempts,
+            "attempted": invoice.attempts > 0,
+            "auto_advance": invoice.status in ("draft", "open") and invoice.collection == "charge",
+            "automatic_tax": {"enabled": False, "status": None},
+            "billing_reason": invoice.billing_reason,
+            "charge": None,
+            "collection_method": "charge_automatically",
+            "created": invoice.created,
+            "currency": subscription.currency,
+            "custom_fields": None,
+            "customer": customer.id,
+            "customer_address": None,
+            "customer_email": customer.email,
+            "customer_name": customer.name,
+            "customer_phone": None,
+            "customer_shipping": None,
+            "customer_tax_exempt": "none",
+            "customer_tax_ids": [],
+            "default_payment_method": None,
+            "default_source": None,
+            "default_tax_rates": [],
+            "description": None,
+            "discount": invoice.discounts[0].stripe(API_VERSION_2020) if invoice.discounts else None,
+            "discounts": [discount.id for discount in invoice.discounts],
+            "due_date": None,
+            "ending_balance": 0 if invoice.finalized_at is not None else None,
+            "footer": None,
+            "hosted_invoice_url": None,
+            "invoice_pdf": None,
+            "last_finalization_error": None,
+            "lines": self._render_lines(invoice, API_VERSION_2020),
+            "livemode": False,
+            "metadata": {},
+            "next_payment_attempt": None,
+            "number": invoice.number,
+            "on_behalf_of": None,
+            "paid": paid,
+            "paid_out_of_band": False,
+            "payment_intent": None,
+            "payment_settings": {"payment_method_options": None, "payment_method_types": None},
+            "period_end": invoice.period_end,
+            "period_start": invoice.period_start,
+            "post_payment_credit_notes_amount": 0,
+            "pre_payment_credit_notes_amount": 0,
+            "quote": None,
+            "receipt_number": None,
+            "starting_balance": 0,
+            "statement_descriptor": None,
+            "status": invoice.status,
+            "status_transitions": {
+                "finalized_at": invoice.finalized_at,
+                "marked_uncollectible_at": invoice.uncollectible_at,
+                "paid_at": invoice.paid_at,
+                "voided_at": invoice.voided_at,
+            },
+            "subscription": subscription.id,
+            "subtotal": invoice.subtotal,
+            "tax": None,
+            "tax_percent": None,
+            "total": invoice.total,
+            "total_discount_amounts": [{"amount": a, "discount": d} for a, d in invoice.discount_totals()],
+            "total_tax_amounts": [],
+            "transfer_data": None,
+            "webhooks_delivered_at": invoice.created,
+        }
+
     @staticmethod
     def _render_invoice_item(pending: InvoiceItem, api_version: str) -> dict[str, Any]:
         charge = pending.charge
         subscription = pending.subscription
+        if api_version == API_VERSION_2020:
+            return {
+                "id": pending.id,
+                "object": "invoiceitem",
+                "amount": charge.amount,
+                "currency": subscription.currency,
+                "customer": subscription.customer.id,
+                "date": pending.created,
+                "description": charge.description,
+                "discountable": True,
+                "discounts": [],
+                "invoice": pending.invoice,
+                "livemode": False,
+                "metadata": {},
+                "period": {"end": charge.end, "start": charge.start},
+                "plan": charge.price.plan(),
+                "price": charge.price.stripe(),
+                "proration": True,
+                "quantity": charge.quantity,
+                "subscription": subscription.id,
+                "subscription_item": charge.item.id,
+                "tax_rates": [],
+                "unit_amount": charge.price.unit_amount,
+                "unit_amount_decimal": str(charge.price.unit_amount),
+            }
         return {
             "id": pending.id,
             "object": "invoiceitem",

@@ -31,6 +31,7 @@ from worker.cli import main
 from worker.recompute import after_apply_for
 from worker.synthetic import (
     API_VERSION,
+    API_VERSION_2020,
     EXPORT_FILES,
     PRODUCTS,
     Behaviour,
@@ -237,6 +238,59 @@ def test_the_final_objects_leave_out_deleted_coupons_that_discounts_still_name()
     assert {d for s in found["subscriptions"] for d in s["discounts"]} <= set(by_id)
     restricted = [coupon for coupon in found["coupons"] if "applies_to" in coupon]
     assert restricted and all(coupon["applies_to"]["products"] for coupon in restricted)
+
+
+# --- The 2020 shape ---------------------------------------------------------------------------
+
+
+@cache
+def account_2020() -> SyntheticAccount:
+    return generate_account(customers=150, seed=3, now=NOW, months=12, api_version=API_VERSION_2020)
+
+
+def test_events_can_come_in_the_2020_shape() -> None:
+    found = account_2020()
+    kinds: Counter[str] = Counter()
+    for event in found.events():
+        assert event["api_version"] == API_VERSION_2020
+        obj = event["data"]["object"]
+        if event["type"].startswith("customer.subscription."):
+            kinds["subscription"] += 1
+            assert "currency" not in obj and "discounts" not in obj and "billing_mode" not in obj
+            items = obj["items"]["data"]
+            assert obj["current_period_start"] < obj["current_period_end"]
+            assert obj["plan"] == (items[0]["plan"] if len(items) == 1 else None)
+            assert obj["quantity"] == (items[0]["quantity"] if len(items) == 1 else None)
+            for item in items:
+                assert item["plan"]["id"] == item["price"]["id"] and "current_period_start" not in item
+            if obj["discount"] is not None:
+                kinds["discount"] += 1
+                assert obj["discount"]["coupon"]["object"] == "coupon" and "source" not in obj["discount"]
+        elif event["type"].startswith("customer.discount."):
+            assert obj["coupon"]["object"] == "coupon"
+        elif event["type"].startswith("invoice."):
+            kinds["invoice"] += 1
+            assert obj["subscription"] and "parent" not in obj
+            for line in obj["lines"]["data"]:
+                assert line["type"] == ("invoiceitem" if line["proration"] else "subscription")
+                assert line["subscription"] == obj["subscription"] and line["subscription_item"].startswith("si_")
+                assert line["price"]["id"] == line["plan"]["id"]
+                kinds["proration line"] += line["proration"]
+            kinds["invoice discount"] += obj["discount"] is not None
+    assert min(kinds[k] for k in ("subscription", "discount", "invoice", "proration line", "invoice discount")) > 0
+    assert all(
+        "discounts" in s and "parent" in i
+        for s, i in zip(found.objects()["subscriptions"], found.objects()["invoices"], strict=False)
+    )
+
+
+def test_a_2020_account_keeps_to_what_a_2020_subscription_could_hold() -> None:
+    subscriptions = account_2020().objects()["subscriptions"]  # served in the current shape all the same
+    assert subscriptions and all("discounts" in s and "discount" not in s for s in subscriptions)
+    for subscription in subscriptions:
+        assert len(subscription["discounts"]) <= 1  # one singular `discount`
+        assert all(item["discounts"] == [] for item in subscription["items"]["data"])  # none on items
+        assert subscription["billing_mode"]["type"] == "classic"  # one period: no mixed intervals
 
 
 # --- Every behaviour, read from the events and objects -------------------------------------------
@@ -481,6 +535,7 @@ BEHAVIOURS = (
     "cancellation at period end undone",
     "canceled at period end",
     "cancel_at set",
+    "cancel_at undone",
     "canceled at a date (cancel_at)",
     "canceled now",
     "reactivation (a new subscription after a churn)",
@@ -825,6 +880,16 @@ def test_the_ledger_books_the_generators_mrr_on_every_day(db: Database, settings
     days = sorted(expected["usd"])
     booked = ledger_mrr(db, settings, found, date.fromisoformat(days[0]), date.fromisoformat(days[-1]))
     _compare(expected, booked)
+
+
+def test_the_ledger_books_the_generators_mrr_from_2020_shaped_webhooks(db: Database, settings: Settings) -> None:
+    now = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    found = generate_account(
+        customers=150, seed=12, now=now, months=12, behaviour=WEBHOOK_VISIBLE, api_version=API_VERSION_2020
+    )
+    expected = found.expected_mrr()
+    days = sorted(expected["usd"])
+    _compare(expected, ledger_mrr(db, settings, found, date.fromisoformat(days[0]), date.fromisoformat(days[-1])))
 
 
 @pytest.mark.slow
