@@ -54,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from synthetic_stripe import (
     CANCELED,
+    LINES_EMBEDDED,
     STATUSES,
     Account,
     Sizes,
@@ -123,6 +124,8 @@ FILTERS: dict[str, frozenset[str]] = {
     "coupons": frozenset(),
     "subscriptions": frozenset({"status", "customer"}),
     "invoices": frozenset({"status", "customer", "subscription"}),
+    "events": frozenset({"type", "types", "delivery_success"}),
+    "subscription_items": frozenset({"subscription"}),
 }
 """Filters the fake implements beyond pagination; Stripe's others answer 400 here."""
 
@@ -203,10 +206,13 @@ class Query:
     def __init__(self, raw: str) -> None:
         self.scalars: dict[str, str] = {}
         self.expand: list[str] = []
+        self.types: list[str] = []
         self.created: dict[str, int] = {}
         for key, value in parse_qsl(raw, keep_blank_values=True):
             if key == "expand" or re.fullmatch(r"expand\[\d*\]", key):
                 self.expand.append(value)
+            elif re.fullmatch(r"types\[\d*\]", key):
+                self.types.append(value)
             elif key == "created" or key.startswith("created["):
                 operator = key[8:-1] if key != "created" else "eq"
                 if operator not in ("eq", "gt", "gte", "lt", "lte"):
@@ -226,6 +232,8 @@ class Query:
                 raise StripeError(400, f"Received unknown parameter: {key}", param=key)
         if self.created and "created" not in allowed:
             raise StripeError(400, "Received unknown parameter: created", param="created")
+        if self.types and "types" not in allowed:
+            raise StripeError(400, "Received unknown parameter: types", param="types")
 
     def limit(self) -> int:
         raw = self.scalars.get("limit", "10")
@@ -658,7 +666,9 @@ class FakeStripe:
         return value
 
 
-def _catalog(name: str, objects: list[dict[str, Any]]) -> Collection:
+def _catalog(
+    name: str, objects: Sequence[dict[str, Any]], served: Callable[[dict[str, Any]], dict[str, Any]] = dict
+) -> Collection:
     ordered = sorted(objects, key=lambda obj: obj["created"])
     by_id = {obj["id"]: rank for rank, obj in enumerate(ordered)}
     return Collection(
@@ -666,7 +676,7 @@ def _catalog(name: str, objects: list[dict[str, Any]]) -> Collection:
         None,
         len(ordered),
         [obj["created"] for obj in ordered],
-        lambda rank: dict(ordered[rank]),
+        lambda rank: served(ordered[rank]),
         lambda rank: str(ordered[rank]["id"]),
         by_id.get,
     )
@@ -739,6 +749,166 @@ def serve(
         Account(sizes or Sizes()), latency=latency, global_limit=global_limit, endpoint_limit=endpoint_limit
     )
     return Server(fake, port).start()
+
+
+EVENTS_KEPT_S = 30 * 86_400
+"""Stripe's Events API serves the last 30 days."""
+
+INCLUDABLE = {"coupon": ("applies_to",)}
+"""Fields Stripe leaves out of an object unless `expand[]` names them."""
+
+
+class AccountStripe(FakeStripe):
+    """The fake over an account's final objects (`worker.synthetic`), for the account replay.
+
+    `objects` is `SyntheticAccount.objects()`: every kind as Stripe would serve
+    it now, deleted objects left out (they answer 404). Coupons are served
+    without `applies_to` unless expanded, as Stripe serves them. `events` are
+    the account's events; `/v1/events` serves those of the 30 days before
+    `now`, newest first, filtered by `type` or `types[]`.
+    """
+
+    def __init__(
+        self,
+        objects: dict[str, list[dict[str, Any]]],
+        events: Sequence[dict[str, Any]],
+        *,
+        now: int,
+        latency: float = 0.0,
+        global_limit: int = GLOBAL_LIMIT,
+        endpoint_limit: int = ENDPOINT_LIMIT,
+    ) -> None:
+        self.latency = latency
+        self.window = SlidingWindow(global_limit, endpoint_limit)
+        self.stats = Stats()
+        self.lock = threading.Lock()
+        self.by_id: dict[str, dict[str, Any]] = {}
+        for kind_objects in objects.values():
+            for obj in kind_objects:
+                self.by_id[str(obj["id"])] = obj
+        items = [
+            {**item, "subscription": subscription["id"], "created": item.get("created") or subscription["created"]}
+            for subscription in objects.get("subscriptions", [])
+            for item in subscription["items"]["data"]
+        ]
+        kept = [event for event in events if event["created"] >= now - EVENTS_KEPT_S]
+        kinds = ("customers", "products", "prices", "coupons", "subscriptions", "invoices")
+        self.collections = {kind: _catalog(kind, objects.get(kind, []), self._served) for kind in kinds}
+        self.collections["events"] = _catalog("events", kept)
+        self.collections["subscription_items"] = _catalog("subscription_items", items)
+        self.account_object = {
+            "id": "acct_replay0000001",
+            "object": "account",
+            "business_profile": {"name": "Synthetic SaaS Inc."},
+            "charges_enabled": True,
+            "country": "US",
+            "default_currency": "usd",
+            "metadata": {},
+            "type": "standard",
+        }
+
+    @staticmethod
+    def _served(obj: dict[str, Any]) -> dict[str, Any]:
+        """A copy as Stripe serves it: includable fields left out, an invoice's first lines embedded."""
+        served = dict(obj)
+        for field_name in INCLUDABLE.get(str(obj.get("object")), ()):
+            served.pop(field_name, None)
+        lines = obj.get("lines")
+        if obj.get("object") == "invoice" and isinstance(lines, dict):
+            data = lines.get("data") or []
+            served["lines"] = {**lines, "data": data[:LINES_EMBEDDED], "has_more": len(data) > LINES_EMBEDDED}
+        return served
+
+    def _filter(self, kind: str, query: Query) -> Callable[[int], bool] | None:
+        collection = self.collections[kind]
+
+        def field(rank: int, name: str) -> Any:
+            return collection.render(rank).get(name)
+
+        customer = query.scalars.get("customer")
+        if kind == "subscriptions":
+            status = query.scalars.get("status")
+            if status is None:
+                wanted = {"active", "past_due", "trialing", "unpaid", "incomplete", "paused"}
+            elif status == "all":
+                wanted = None
+            elif status == "ended":
+                wanted = {"canceled", "incomplete_expired"}
+            else:
+                wanted = {status}
+            return lambda rank: (
+                (wanted is None or field(rank, "status") in wanted)
+                and (customer is None or field(rank, "customer") == customer)
+            )
+        if kind == "invoices":
+            status, sub = query.scalars.get("status"), query.scalars.get("subscription")
+            return lambda rank: (
+                (status is None or field(rank, "status") == status)
+                and (customer is None or field(rank, "customer") == customer)
+                and (sub is None or _invoice_subscription(collection.render(rank)) == sub)
+            )
+        if kind == "events":
+            types = set(query.types) | ({query.scalars["type"]} if "type" in query.scalars else set())
+            return None if not types else lambda rank: field(rank, "type") in types
+        if kind == "subscription_items":
+            sub = query.scalars.get("subscription")
+            if sub is None:
+                raise StripeError(400, "Missing required param: subscription.", param="subscription")
+            return lambda rank: field(rank, "subscription") == sub
+        if kind in ("products", "prices"):
+            active = query.scalars.get("active")
+            if kind == "prices" and active is None:
+                active = "true"
+            product = query.scalars.get("product")
+            return lambda rank: (
+                (active is None or str(field(rank, "active")).lower() == active)
+                and (product is None or field(rank, "product") == product)
+            )
+        return None
+
+    def _lines(self, invoice: int, query: Query) -> dict[str, Any]:
+        limit = query.limit()
+        owner = self.by_id[self.collections["invoices"].id_of(invoice)]
+        lines = owner["lines"]["data"]
+        start = 0
+        if "starting_after" in query.scalars:
+            ids = [line["id"] for line in lines]
+            start = self._line_index(ids, query.scalars["starting_after"]) + 1
+        page = lines[start : start + limit]
+        return {
+            "object": "list",
+            "data": page,
+            "has_more": start + limit < len(lines),
+            "url": f"/v1/invoices/{owner['id']}/lines",
+        }
+
+    def _resolve(self, owner: str, field_name: str, node: dict[str, Any]) -> Any:
+        if field_name in INCLUDABLE.get(owner, ()):
+            return self.by_id.get(str(node.get("id")), {}).get(field_name)
+        if owner == "customer" and field_name in ("subscriptions", "tax_ids"):
+            data = (
+                [self._served(s) for s in self.by_id.values() if s.get("object") == "subscription"
+                 and s.get("customer") == node["id"] and s.get("status") != "canceled"]
+                if field_name == "subscriptions"
+                else []
+            )  # fmt: skip
+            return {"object": "list", "data": data[:10], "has_more": len(data) > 10, "url": ""}
+        value = node.get(field_name)
+        if isinstance(value, list):
+            return [self._object(entry) for entry in value]
+        return self._object(value)
+
+    def _object(self, value: Any) -> Any:
+        if isinstance(value, str) and value in self.by_id:
+            return self._served(self.by_id[value])
+        return value
+
+
+def _invoice_subscription(invoice: dict[str, Any]) -> str | None:
+    """The subscription an invoice bills: `parent.subscription_details` (current API) or `subscription` (2020)."""
+    details = (invoice.get("parent") or {}).get("subscription_details") or {}
+    found = details.get("subscription") or invoice.get("subscription")
+    return found if isinstance(found, str) else None
 
 
 # --- self-check ---------------------------------------------------------------------------------
