@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
+from typing import IO
 
 from ledger import migrate
 from ledger.db import Database
@@ -26,12 +27,16 @@ STOP_TIMEOUT_S = 10.0
 class ProcessGroup:
     """Child processes started together and stopped together."""
 
-    def __init__(self, env: Mapping[str, str]) -> None:
+    def __init__(self, env: Mapping[str, str], output: IO[bytes] | None = None) -> None:
         self.env = dict(env)
+        self.output = output
+        """Where the children write (standard output and error); None: this process's own."""
         self.processes: list[tuple[str, subprocess.Popen[bytes]]] = []
 
     def start(self, name: str, command: list[str]) -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(command, env=self.env, preexec_fn=die_with_parent)
+        process = subprocess.Popen(
+            command, env=self.env, stdout=self.output, stderr=self.output, preexec_fn=die_with_parent
+        )
         self.processes.append((name, process))
         return process
 
@@ -52,13 +57,25 @@ class ProcessGroup:
 
 
 @contextmanager
-def local_system(settings: Settings, *, port: int, workers: int) -> Iterator[ProcessGroup]:
-    """Migrate, then start web, workers and clock; stop them all on exit."""
+def local_system(
+    settings: Settings,
+    *,
+    port: int,
+    workers: int,
+    env: Mapping[str, str] | None = None,
+    output: IO[bytes] | None = None,
+) -> Iterator[ProcessGroup]:
+    """Migrate, then start web, workers and clock; stop them all on exit.
+
+    The children run with `env` (default: this process's environment), with
+    the database and Redis of `settings`, and write to `output` (default: where
+    this process writes).
+    """
     migrate.upgrade(Database(settings.database_url).engine)
     with ExitStack() as stack:
         redis_url = settings.redis_url or stack.enter_context(embedded_redis())
-        env = {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": settings.database_url}
-        group = ProcessGroup(env)
+        base = os.environ if env is None else env
+        group = ProcessGroup({**base, "REDIS_URL": redis_url, "DATABASE_URL": settings.database_url}, output)
         stack.callback(group.stop)
         executable = os.path.join(os.path.dirname(sys.executable), "subledger")
         group.start(
