@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo run test lint typecheck unit screenshot
+.PHONY: demo run test lint typecheck unit screenshot replay
 
 $(BIN)/subledger: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,3 +33,18 @@ test: lint typecheck unit
 screenshot: $(BIN)/subledger
 	SUBLEDGER_README_SCREENSHOT=docs/images/dashboard.png $(BIN)/python -m pytest -q \
 		tests/webapp/test_browser.py::test_the_demo_dashboard_shows_the_apis_mrr
+
+# A whole synthetic account through the real processes in each delivery mode,
+# compared with the simulator's truth (bench/account_replay.py; PostgreSQL and
+# Redis on 127.0.0.1). Ordered and shuffled must be exact; dropped and backfill
+# must reach their floors.
+REPLAY := cd bench && ../$(BIN)/python account_replay.py --customers 150 --months 12 --log ../account_replay.log
+REPLAY_FLOORS_DROPPED := --floor-days 0 --floor-sums 0 --floor-customer-days 0 --floor-final 0
+REPLAY_FLOORS_BACKFILL := --floor-days 0 --floor-sums 0 --floor-customer-days 0 --floor-final 0
+replay: $(BIN)/subledger
+	for seed in 1 2; do \
+		$(REPLAY) --seed $$seed --mode ordered && \
+		$(REPLAY) --seed $$seed --mode shuffled && \
+		$(REPLAY) --seed $$seed --mode dropped $(REPLAY_FLOORS_DROPPED) && \
+		$(REPLAY) --seed $$seed --mode backfill $(REPLAY_FLOORS_BACKFILL) || exit 1; \
+	done
