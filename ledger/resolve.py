@@ -3,8 +3,11 @@
 Webhook payloads carry discounts as ids, coupons (in the newest API versions)
 as ids inside the discount, and tiered prices without their tiers. The MRR
 rules need them whole; stored versions (from their own events, or fetched
-from the API) fill them in here. What is still missing is left as it is, and
-`ledger.mrr` names it in an `UnresolvedStripeObject`.
+from the API) fill them in here. A discount or price still missing is left as
+it is, and `ledger.mrr` names it in an `UnresolvedStripeObject`. A coupon named
+by id that is not stored is named here, by its own id: a coupon has an endpoint
+of its own, so the caller fetches the coupon itself, never the subscription the
+discount was on (which no longer carries a discount that was removed since).
 """
 
 from __future__ import annotations
@@ -13,20 +16,30 @@ import copy
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ledger.mrr import UnresolvedStripeObject
+
 Lookup = Callable[[str], Mapping[str, Any] | None]
 """The stored version of a Stripe object by id, or None."""
 
 
+def _stored_coupon(coupon_id: str, discount: Mapping[str, Any], lookup: Lookup) -> dict[str, Any]:
+    coupon = lookup(coupon_id)
+    if coupon is None:
+        raise UnresolvedStripeObject(
+            f"coupon {coupon_id} of discount {discount.get('id')} is named by id and not stored: "
+            f"fetch it (GET /v1/coupons/{coupon_id}?expand[]=applies_to) and call again",
+            object_id=coupon_id,
+            missing="coupon object",
+        )
+    return dict(coupon)
+
+
 def _resolve_coupon(discount: dict[str, Any], lookup: Lookup) -> None:
     if isinstance(discount.get("coupon"), str):
-        coupon = lookup(discount["coupon"])
-        if coupon is not None:
-            discount["coupon"] = dict(coupon)
+        discount["coupon"] = _stored_coupon(discount["coupon"], discount, lookup)
     source = discount.get("source")
     if isinstance(source, dict) and isinstance(source.get("coupon"), str):
-        coupon = lookup(source["coupon"])
-        if coupon is not None:
-            source["coupon"] = dict(coupon)
+        source["coupon"] = _stored_coupon(source["coupon"], discount, lookup)
 
 
 def _resolve_discounts(entries: list[Any], lookup: Lookup) -> list[Any]:
@@ -87,7 +100,11 @@ def _needs_resolving(subscription: Mapping[str, Any]) -> bool:
 
 
 def resolve_subscription(subscription: Mapping[str, Any], lookup: Lookup) -> Mapping[str, Any]:
-    """`subscription` with every reference `lookup` knows filled in (a copy; itself when complete)."""
+    """`subscription` with every reference `lookup` knows filled in (a copy; itself when complete).
+
+    Raises `UnresolvedStripeObject` naming a coupon that a discount names by id
+    and `lookup` does not know.
+    """
     if not _needs_resolving(subscription):
         return subscription
     resolved = copy.deepcopy(dict(subscription))

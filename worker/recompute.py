@@ -55,16 +55,26 @@ def _store_fetched_subscription(session: Session, api: StripeAPI, subscription: 
             record_object(session, price, observed_at=now)
 
 
+PRICE_MISSING = frozenset({"tiers", "price"})
+"""What `ledger.mrr` names a price for: the price is read from its own endpoint."""
+
+COUPON_MISSING = frozenset({"coupon object", "percent_off/amount_off"})
+"""What `ledger.resolve` / `ledger.mrr` name a coupon for: the coupon is read from its own endpoint."""
+
+
 def fetch_missing(session: Session, api: StripeAPI, customer_id: str, missing: UnresolvedStripeObject) -> None:
     """Fetch the object `missing` names (or what carries it) and store it."""
     now = utcnow()
-    if missing.missing in ("tiers", "price"):
+    if missing.missing in PRICE_MISSING:
         record_object(session, api.price(missing.object_id), observed_at=now)
         return
-    if missing.object_id.startswith(("coupon_", "co_")) or missing.missing == "percent_off/amount_off":
+    if missing.missing in COUPON_MISSING:
+        # Never through a subscription: the discount naming the coupon may be gone from it since.
         record_object(session, api.coupon(missing.object_id), observed_at=now)
         return
-    # Discounts have no endpoint of their own: they come expanded on their subscription.
+    # A discount named by id (or holding no coupon): discounts have no endpoint of their own,
+    # they come expanded on their subscription. One removed since is only known from its own
+    # customer.discount.* events, which are stored as they arrive.
     for subscription_id in session.scalars(select(Subscription.id).where(Subscription.customer_id == customer_id)):
         _store_fetched_subscription(session, api, api.subscription(subscription_id))
 

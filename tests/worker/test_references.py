@@ -1,0 +1,186 @@
+"""What webhooks leave out (mrr-rules.md, "The engine in the worker"): discounts named
+by id, coupons named by id inside them, and a coupon's `applies_to`, filled in from
+stored objects or read from Stripe, whatever order the webhooks arrive in.
+
+Events go in through the webhook receiver and are processed by the worker's drain
+and recompute, one drain per arrival, on the real database; Stripe's API is
+simulated by `responses`. No event may need a retry: each one is processed by the
+drain that first sees it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+import pytest
+import responses
+from flask.testing import FlaskClient
+from sqlalchemy import select
+
+from ledger.db import Database
+from ledger.models import Movement, StripeEvent
+from ledger.settings import Settings
+from tests.ledger.subscription_payloads import item, price, subscription, ts, utc
+from tests.stripe_payloads import current_event, signed
+from tests.worker.stripe_http import BASE, FakeStripe
+from worker import processing
+from worker.recompute import after_apply_for
+
+GOLD = price(10000, price_id="price_gold")
+
+
+@pytest.fixture
+def stripe() -> Iterator[FakeStripe]:
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        yield FakeStripe(mock)
+
+
+@pytest.fixture
+def keyed(settings: Settings) -> Settings:
+    """The worker's settings: a test-mode key, Stripe at the fake's address."""
+    return replace(settings, stripe_api_key="sk_test_subledger", stripe_api_base=BASE)
+
+
+def arrive(client: FlaskClient, db: Database, worker: Settings, *events: dict[str, Any]) -> None:
+    """Each event received by webhook, then drained by the worker before the next arrives."""
+    for event in events:
+        body, headers = signed(event)
+        response = client.post("/webhooks/stripe", data=body, headers=headers)
+        assert response.status_code == 200, response.get_json()
+        processing.drain(db, None, budget_s=60, after_apply=after_apply_for(worker))
+        processed_first_time(db)
+
+
+def processed_first_time(db: Database) -> None:
+    """Every event stored so far was processed by its first drain: none waits for a retry."""
+    with db.session() as session:
+        events = {e.id: (e.status, e.attempts, e.last_error) for e in session.scalars(select(StripeEvent))}
+    assert events == dict.fromkeys(events, ("processed", 1, None))
+
+
+def movements(db: Database) -> list[tuple[str, str, str, int, tuple[str, ...]]]:
+    with db.session() as session:
+        rows = session.scalars(select(Movement).order_by(Movement.customer_id, Movement.at))
+        return [(m.customer_id, m.day.isoformat(), m.type, m.amount, tuple(m.sources)) for m in rows]
+
+
+def coupon(coupon_id: str, percent_off: int, **fields: Any) -> dict[str, Any]:
+    """A coupon as a `coupon.*` webhook carries it: no `applies_to`, which Stripe includes only when expanded."""
+    return {
+        "id": coupon_id,
+        "object": "coupon",
+        "amount_off": None,
+        "created": ts(utc(1, 1)),
+        "currency": None,
+        "duration": "forever",
+        "duration_in_months": None,
+        "livemode": False,
+        "metadata": {},
+        "name": f"{percent_off}% off",
+        "percent_off": percent_off,
+        "valid": True,
+        **fields,
+    }
+
+
+def discount(discount_id: str, coupon_id: str, start: datetime, *, customer: str, sub_id: str) -> dict[str, Any]:
+    """A discount of API 2025-09-30.clover and later: its coupon named by id under `source`."""
+    return {
+        "id": discount_id,
+        "object": "discount",
+        "checkout_session": None,
+        "customer": customer,
+        "customer_account": None,
+        "end": None,
+        "invoice": None,
+        "invoice_item": None,
+        "promotion_code": None,
+        "source": {"type": "coupon", "coupon": coupon_id},
+        "start": ts(start),
+        "subscription": sub_id,
+        "subscription_item": None,
+    }
+
+
+def event(kind: str, obj: dict[str, Any], at: datetime, event_id: str, **previous: Any) -> dict[str, Any]:
+    envelope = current_event(kind, obj, event_id=event_id, created=ts(at))
+    if previous:
+        envelope["data"]["previous_attributes"] = previous
+    return envelope
+
+
+def subscription_calls(stripe: FakeStripe) -> list[str]:
+    return [path for path, _ in stripe.requests if path.startswith("/v1/subscriptions")]
+
+
+# --- Discounts and the coupons they name by id -------------------------------------------------
+
+
+def test_discount_deleted_event_arriving_first_still_discounts_the_versions_that_named_it(
+    client: FlaskClient, db: Database, keyed: Settings, stripe: FakeStripe
+) -> None:
+    half = discount("di_half", "HALF", utc(1, 10), customer="cus_1", sub_id="sub_1")
+    named = subscription(item(GOLD), start=utc(1, 10), discounts=["di_half"])  # webhooks name discounts by id
+    removed = subscription(item(GOLD), start=utc(1, 10), discounts=[])
+    # Stripe now: the discount is gone from the subscription (a deleted discount is on none).
+    stripe.add("subscriptions", removed)
+    stripe.add("coupons", coupon("HALF", 50, applies_to=None))
+
+    arrive(
+        client,
+        db,
+        keyed,
+        # Delivered shuffled: the deletion before the versions that name the discount,
+        # the discount's creation and its coupon's last.
+        event("customer.discount.deleted", half, utc(3, 1), "evt_discount_deleted"),
+        event("customer.subscription.created", named, utc(1, 10), "evt_created"),
+        event("customer.subscription.updated", removed, utc(3, 1), "evt_removed", discounts=["di_half"]),
+        event("customer.discount.created", half, utc(1, 10), "evt_discount_created"),
+        event("coupon.created", coupon("HALF", 50), utc(1, 1), "evt_coupon"),
+    )
+
+    # Deleting the discount ended it on 1 March; it discounted every version before.
+    assert movements(db) == [
+        ("cus_1", "2024-01-10", "new", 5000, ("evt_created",)),
+        ("cus_1", "2024-03-01", "expansion", 5000, ("evt_removed",)),
+    ]
+    assert subscription_calls(stripe) == []
+    assert stripe.calls("/v1/coupons/HALF") == [{"expand[0]": "applies_to"}]
+
+
+def test_coupon_named_by_id_is_read_from_the_store_or_its_own_endpoint(
+    client: FlaskClient, db: Database, keyed: Settings, stripe: FakeStripe
+) -> None:
+    # QUARTER was created before the webhook endpoint existed: no coupon.* event ever names it.
+    first = discount("di_a", "QUARTER", utc(1, 10), customer="cus_a", sub_id="sub_a")
+    second = discount("di_b", "QUARTER", utc(1, 20), customer="cus_b", sub_id="sub_b")
+    sub_a = subscription(item(GOLD), start=utc(1, 10), discounts=["di_a"], customer="cus_a", sub_id="sub_a")
+    sub_a_removed = subscription(item(GOLD), start=utc(1, 10), discounts=[], customer="cus_a", sub_id="sub_a")
+    sub_b = subscription(item(GOLD), start=utc(1, 20), discounts=["di_b"], customer="cus_b", sub_id="sub_b")
+    # Stripe now: sub_a's discount was removed meanwhile; sub_b still carries its own.
+    stripe.add("subscriptions", sub_a_removed, dict(sub_b, discounts=[second]))
+    stripe.add("coupons", coupon("QUARTER", 25, applies_to=None))
+
+    arrive(
+        client,
+        db,
+        keyed,
+        event("customer.discount.created", first, utc(1, 10), "evt_di_a"),
+        event("customer.subscription.created", sub_a, utc(1, 10), "evt_sub_a"),
+        event("customer.discount.created", second, utc(1, 20), "evt_di_b"),
+        event("customer.subscription.created", sub_b, utc(1, 20), "evt_sub_b"),
+        event("customer.subscription.updated", sub_a_removed, utc(2, 1), "evt_sub_a_removed", discounts=["di_a"]),
+        event("customer.discount.deleted", first, utc(2, 1), "evt_di_a_deleted"),
+    )
+
+    assert movements(db) == [
+        ("cus_a", "2024-01-10", "new", 7500, ("evt_sub_a",)),
+        ("cus_a", "2024-02-01", "expansion", 2500, ("evt_sub_a_removed",)),
+        ("cus_b", "2024-01-20", "new", 7500, ("evt_sub_b",)),
+    ]
+    # Read once from its own endpoint, then from the store; never through a subscription.
+    assert stripe.calls("/v1/coupons/QUARTER") == [{"expand[0]": "applies_to"}]
+    assert subscription_calls(stripe) == []
