@@ -51,10 +51,12 @@ What is simulated (rates in `Behaviour`):
 - Changes: upgrades, downgrades, seat changes, add-ons added and removed, on
   every interval; a switch from monthly to yearly (new period, invoiced at
   once). Each is prorated as `proration_behavior` says: `create_prorations`
-  (a credit/debit pair of pending invoice items, `invoiceitem.created`,
-  billed on the next invoice), `always_invoice` (a `subscription_update`
-  invoice with the pair at once) or `none` (no record at all). Proration
-  amounts are the exact share of the period left, rounded half-up.
+  (a credit for the unused time of what was removed and a debit for the
+  time left of what was added, both from the change instant: invoice items,
+  `invoiceitem.created`, billed on the next invoice), `always_invoice` (the
+  same items on a `subscription_update` invoice at once) or `none` (no
+  record at all). Proration amounts are the exact share of the period left,
+  rounded half-up; proration lines carry no discount.
 - Discounts on the subscription (up to two: percentages before amounts) or
   on one item, at signup or later, removed by hand, repeating ones ending
   at their `end` (`customer.discount.deleted` and an update).
@@ -65,6 +67,12 @@ What is simulated (rates in `Behaviour`):
   canceled. `pause_collection` set and cleared (renewal invoices voided,
   left as drafts or marked uncollectible). Cancellations now, at the period
   end and at a date (`cancel_at`), some undone.
+- Three currencies (USD, EUR, GBP by default); with `api_version=
+  API_VERSION_2020`, events in the 2020-03-02 shape (a subscription's
+  period, `plan`, `quantity` and singular `discount` with its coupon on top;
+  invoices with a top-level `subscription`, lines of `type` subscription or
+  invoiceitem with `plan` and `price`), and what such an account could
+  hold: one discount per subscription, none on items, no mixed intervals.
 - Several events of one customer in one second: a subscription update with
   its invoice's events; two updates of one subscription (a change and a
   second change at once; a discount ending at a renewal; a renewal whose
@@ -82,7 +90,15 @@ What is kept out, so every expected number is one the rules define exactly:
 - mixed intervals only from a signup, and such subscriptions are never
   switched to another interval, given or relieved of an add-on, or canceled
   at a period end or date (which period would be ambiguous);
-- no metered, tiered or one-time prices, taxes, credit notes or refunds.
+- no metered, tiered or one-time prices, taxes, credit notes, refunds,
+  customer-level discounts, promotion codes or subscription schedules;
+  `invoice.payment_succeeded` (sent beside `invoice.paid`) and
+  `invoice.updated` are not sent.
+
+`objects()` holds, by kind: products, prices, coupons (not the deleted ones),
+customers, subscriptions (every status; discounts as ids), discounts (every
+one ever made, also those removed since, which invoices still name),
+invoices (every one, all its lines) and invoiceitems (every proration).
 
 Payload notes. A restricted coupon's `applies_to` is in its object in
 `objects()` (so a fake API can serve it when `expand[]=applies_to` is asked)
@@ -1139,7 +1155,7 @@ class SyntheticAccount:
             for item in items:
                 item.anchor, item.cycle, item.period_start, item.period_end = trial_end, -1, at, trial_end
             if self.rng.random() < behaviour.trial_extension_rate:
-                subscription.timers["extend_trial"] = at + self.rng.randrange(DAY, trial_end - at - DAY)
+                self._set_timer(subscription, "extend_trial", at + self.rng.randrange(DAY, trial_end - at - DAY))
         else:
             for item in items:
                 item.start_periods(at)
@@ -1158,7 +1174,7 @@ class SyntheticAccount:
             self._payment_failed(invoice, at)
             paid = self.rng.random() < 0.5
             subscription.outcome = "paid" if paid else "expired"
-            subscription.timers["payment"] = at + (self.rng.randrange(60, 3000) if paid else 23 * HOUR)
+            self._set_timer(subscription, "payment", at + (self.rng.randrange(60, 3000) if paid else 23 * HOUR))
         else:
             self._finalize(invoice, at)
             self._pay(invoice, at)
@@ -1306,6 +1322,11 @@ class SyntheticAccount:
             "cancel_at": not mixed,
         }
         return self._pick(tuple((name, weight) for name, weight in self.behaviour.changes if allowed.get(name, True)))
+
+    @staticmethod
+    def _set_timer(subscription: Subscription, name: str, when: int) -> None:
+        """Something the subscription's state brings at `when` (a second later if that is midnight UTC)."""
+        subscription.timers[name] = when + 1 if when % DAY == 0 else when
 
     def _act(self, subscription: Subscription, what: str, at: int) -> None:
         getattr(self, f"_on_{what}")(subscription, at)
@@ -1486,7 +1507,7 @@ class SyntheticAccount:
             self._settle(subscription, invoice, at)
         else:
             subscription.unsettled = invoice
-            subscription.timers["settle"] = at + self.rng.randrange(55 * MINUTE, 75 * MINUTE)
+            self._set_timer(subscription, "settle", at + self.rng.randrange(55 * MINUTE, 75 * MINUTE))
 
     def _on_settle(self, subscription: Subscription, at: int) -> None:
         invoice = subscription.unsettled
@@ -1519,7 +1540,7 @@ class SyntheticAccount:
         self._changed(subscription, at, before, automatic=True)
         subscription.outcome = self._pick(self.behaviour.dunning_outcomes)
         days = self.rng.randint(1, 12) if subscription.outcome == "recover" else self.rng.randint(14, 21)
-        subscription.timers["dunning"] = at + days * DAY
+        self._set_timer(subscription, "dunning", at + days * DAY)
 
     def _pay_open_invoices(self, subscription: Subscription, at: int) -> None:
         for invoice in subscription.invoices:
@@ -1563,7 +1584,7 @@ class SyntheticAccount:
             self._event("customer.subscription.paused", self._before(subscription), at, automatic=True)
             self._limit(subscription, at, "paused at the end of its trial (no invoice shows it)")
             later = at + self.rng.randint(5, 60) * DAY
-            subscription.timers["resume_paused" if self.rng.random() < 0.6 else "cancel_paused"] = later
+            self._set_timer(subscription, "resume_paused" if self.rng.random() < 0.6 else "cancel_paused", later)
             return
         subscription.status = "active"
         trial_start = subscription.trial_start or subscription.created
@@ -1650,7 +1671,7 @@ class SyntheticAccount:
         self._limit(subscription, at, "became unpaid (no invoice shows it)")
         subscription.outcome = self._pick(self.behaviour.unpaid_outcomes)
         if subscription.outcome != "stay":
-            subscription.timers["unpaid_end"] = at + self.rng.randint(5, 45) * DAY
+            self._set_timer(subscription, "unpaid_end", at + self.rng.randint(5, 45) * DAY)
 
     def _on_unpaid_end(self, subscription: Subscription, at: int) -> None:
         if subscription.outcome == "cancel":
@@ -1693,7 +1714,7 @@ class SyntheticAccount:
         subscription.cancellation_reason = "cancellation_requested"
         self._changed(subscription, at, before)
         if cancel_at - at > 2 * HOUR and self.rng.random() < self.behaviour.undo_cancel_rate:
-            subscription.timers["undo_cancel"] = self.rng.randrange(at + HOUR, cancel_at - HOUR)
+            self._set_timer(subscription, "undo_cancel", self.rng.randrange(at + HOUR, cancel_at - HOUR))
 
     def _on_cancel_at_period_end(self, subscription: Subscription, at: int) -> None:
         self._schedule_cancel(subscription, at, subscription.main.period_end, True)
@@ -1709,7 +1730,7 @@ class SyntheticAccount:
         subscription.pause_collection = {"behavior": behavior, "resumes_at": None}
         self._changed(subscription, at, before)
         self._limit(subscription, at, f"collection paused ({behavior}; no invoice shows it)")
-        subscription.timers["resume"] = at + self.rng.randint(20, 100) * DAY
+        self._set_timer(subscription, "resume", at + self.rng.randint(20, 100) * DAY)
 
     def _coupon_choices(self, subscription: Subscription, at: int, item: Item | None) -> list[Coupon]:
         taken = {d.coupon.id for d in subscription.all_discounts()}
