@@ -53,7 +53,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import requests
 from fake_stripe import AccountStripe, Server
@@ -341,11 +341,11 @@ def wait_idle(db: Database, group: ProcessGroup, *, expected: int) -> tuple[dict
     return event_status(db)
 
 
-def run_cli(env: Mapping[str, str], *args: str) -> str:
-    """`subledger ARGS` as a user runs it; its output, echoed."""
+def run_cli(env: Mapping[str, str], log: IO[bytes], *args: str) -> str:
+    """`subledger ARGS` as a user runs it: its report (standard output); its log lines go to `log`."""
     executable = os.path.join(os.path.dirname(sys.executable), "subledger")
-    done = subprocess.run([executable, *args], env=dict(env), capture_output=True, text=True, timeout=3600)
-    output = done.stdout + done.stderr
+    done = subprocess.run([executable, *args], env=dict(env), stdout=subprocess.PIPE, stderr=log, timeout=3600)
+    output = done.stdout.decode(errors="replace")
     if done.returncode not in (0, 1):
         raise SystemExit(f"replay: subledger {' '.join(args)} failed ({done.returncode}):\n{output}")
     return output
@@ -487,12 +487,12 @@ def replay(args: argparse.Namespace) -> Figures:
             print(f"delivered {len(delivered)} webhooks ({unique} distinct); events: {counts}; retried {retried}")
             if args.mode == "dropped":
                 with timings.phase("reconcile"):
-                    output = run_cli(env, "reconcile")
+                    output = run_cli(env, log, "reconcile")
                     counts, retried = wait_idle(db, group, expected=0)
                 _print_head(output)
             elif args.mode == "backfill":
                 with timings.phase("backfill"):
-                    output = run_cli(env, "backfill")
+                    output = run_cli(env, log, "backfill")
                     counts, retried = wait_idle(db, group, expected=0)
                 _print_head(output)
             with timings.phase("scoring"):
