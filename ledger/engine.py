@@ -33,7 +33,7 @@ from ledger.models import (
 from ledger.movements import Movement as ComputedMovement
 from ledger.movements import customer_movements
 from ledger.ordering import TiedVersion, needs_current_state, settle_order
-from ledger.resolve import resolve_subscription
+from ledger.resolve import UnreadAppliesTo, fetch_first, resolve_subscription
 from ledger.rollup import ACCOUNT_SUMS, CustomerMonth, account_contribution, customer_months
 from ledger.settings import RuleSettings
 from ledger.state import RANK_RECONCILE
@@ -57,22 +57,47 @@ class Recomputed:
     movements: tuple[ComputedMovement, ...]
 
 
-def _lookup(session: Session) -> Callable[[str], Mapping[str, Any] | None]:
-    cache: dict[str, Mapping[str, Any] | None] = {}
+class _Stored:
+    """Stored objects by id, each read once per recompute."""
 
-    def lookup(object_id: str) -> Mapping[str, Any] | None:
-        if object_id not in cache:
-            # A deleted coupon still discounts the subscriptions that hold it, as in Stripe.
-            row = session.get(StripeObject, object_id)
-            cache[object_id] = row.payload if row is not None else None
-        return cache[object_id]
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.rows: dict[str, tuple[Mapping[str, Any], bool] | None] = {}
 
-    return lookup
+    def _row(self, object_id: str) -> tuple[Mapping[str, Any], bool] | None:
+        if object_id not in self.rows:
+            row = self.session.get(StripeObject, object_id)
+            self.rows[object_id] = (row.payload, row.deleted) if row is not None else None
+        return self.rows[object_id]
+
+    def lookup(self, object_id: str) -> Mapping[str, Any] | None:
+        # A deleted coupon or discount still discounts the subscription versions that held it, as in Stripe.
+        row = self._row(object_id)
+        return row[0] if row is not None else None
+
+    def deleted(self, object_id: str) -> bool:
+        row = self._row(object_id)
+        return row is not None and row[1]
 
 
-def customer_snapshots(session: Session, customer_ids: Sequence[str]) -> dict[str, list[Snapshot]]:
-    """Every stored version of the customers' subscriptions, references filled in."""
-    lookup = _lookup(session)
+def customer_snapshots(
+    session: Session, customer_ids: Sequence[str], *, unread_applies_to: UnreadAppliesTo | None = None
+) -> dict[str, list[Snapshot]]:
+    """Every stored version of the customers' subscriptions, references filled in.
+
+    A coupon whose `applies_to` was never read raises `UnresolvedStripeObject`
+    (the caller fetches it), except a deleted one, which Stripe no longer gives:
+    it reduces every item. A caller that cannot fetch passes `unread_applies_to`
+    (see `ledger.resolve`) for every such coupon.
+    """
+    stored = _Stored(session)
+
+    def unread(coupon_id: str) -> None:
+        if unread_applies_to is not None:
+            unread_applies_to(coupon_id)
+        elif not stored.deleted(coupon_id):
+            fetch_first(coupon_id)
+
     snapshots: dict[str, list[Snapshot]] = {customer_id: [] for customer_id in customer_ids}
     rows = session.execute(
         select(
@@ -92,7 +117,7 @@ def customer_snapshots(session: Session, customer_ids: Sequence[str]) -> dict[st
                 observed_at=row.observed_at,
                 rank=row.rank,
                 source=row.source,
-                subscription=resolve_subscription(row.payload, lookup),
+                subscription=resolve_subscription(row.payload, stored.lookup, unread_applies_to=unread),
             )
         )
     return snapshots
@@ -147,13 +172,20 @@ def _movement_key(movement: ComputedMovement | Movement) -> tuple[Any, ...]:
 
 
 def recompute_customers(
-    session: Session, customer_ids: Sequence[str], rules: RuleSettings, *, now: datetime
+    session: Session,
+    customer_ids: Sequence[str],
+    rules: RuleSettings,
+    *,
+    now: datetime,
+    unread_applies_to: UnreadAppliesTo | None = None,
 ) -> list[Recomputed]:
     """Recompute the customers' subscription changes and movements and store the difference.
 
     Set-based: a few statements for the whole batch. Raises
     `ledger.mrr.UnresolvedStripeObject` when a snapshot names an object that is
-    not stored; nothing is written then.
+    not stored, or a coupon whose `applies_to` was never read (unless
+    `unread_applies_to` says what to do, see `customer_snapshots`); nothing is
+    written then.
     """
     customer_ids = sorted(set(customer_ids))
     livemodes: dict[str, bool] = {
@@ -162,7 +194,7 @@ def recompute_customers(
             select(Customer.id, Customer.livemode).where(Customer.id.in_(customer_ids))
         )
     }
-    snapshots = customer_snapshots(session, customer_ids)
+    snapshots = customer_snapshots(session, customer_ids, unread_applies_to=unread_applies_to)
     changes = {
         customer_id: subscription_changes(snapshots[customer_id], rules, until=now) for customer_id in customer_ids
     }
@@ -320,9 +352,16 @@ def _store_months(
     )
 
 
-def recompute_customer(session: Session, customer_id: str, rules: RuleSettings, *, now: datetime) -> Recomputed:
+def recompute_customer(
+    session: Session,
+    customer_id: str,
+    rules: RuleSettings,
+    *,
+    now: datetime,
+    unread_applies_to: UnreadAppliesTo | None = None,
+) -> Recomputed:
     """`recompute_customers` for one customer."""
-    return recompute_customers(session, [customer_id], rules, now=now)[0]
+    return recompute_customers(session, [customer_id], rules, now=now, unread_applies_to=unread_applies_to)[0]
 
 
 def tied_subscriptions(session: Session, customer_ids: Sequence[str]) -> list[tuple[str, datetime]]:

@@ -188,8 +188,23 @@ def record_subscription(
     return record_subscriptions(session, [SubscriptionVersion(subscription, observed_at, source, rank)])[0]
 
 
+def _keep_read_applies_to(kept: Mapping[str, Any], other: Mapping[str, Any]) -> dict[str, Any]:
+    """`kept`, with the coupon's `applies_to` from `other` when only `other` read it.
+
+    Stripe includes `applies_to` only when it is expanded, so a webhook copy of a
+    coupon lacks it; it is set when the coupon is created and never changes, so
+    a copy without it, older or newer, never erases one that was read.
+    """
+    if kept.get("object") != "coupon" or "applies_to" in kept or "applies_to" not in other:
+        return dict(kept)
+    return {**kept, "applies_to": other["applies_to"]}
+
+
 def record_object(session: Session, obj: Mapping[str, Any], *, observed_at: datetime, deleted: bool = False) -> Applied:
-    """Store the latest version of a price, coupon, discount, product or invoice."""
+    """Store the latest version of a price, coupon, discount, product or invoice.
+
+    A coupon keeps the `applies_to` any copy of it was read with.
+    """
     object_id = obj.get("id")
     kind = obj.get("object")
     if not isinstance(object_id, str) or not isinstance(kind, str):
@@ -209,9 +224,11 @@ def record_object(session: Session, obj: Mapping[str, Any], *, observed_at: date
         row = session.get(StripeObject, object_id)
         assert row is not None
         if observed_at >= row.observed_at:
-            row.payload = dict(obj)
+            row.payload = _keep_read_applies_to(obj, row.payload)
             row.observed_at = observed_at
             row.customer_id = customer_id or row.customer_id
+        elif "applies_to" not in row.payload and "applies_to" in obj:
+            row.payload = _keep_read_applies_to(row.payload, obj)
         # A deletion is final whatever order the events came in.
         row.deleted = row.deleted or deleted
     if customer_id is not None:

@@ -14,10 +14,11 @@ from ledger.db import utcnow
 from ledger.engine import Recomputed, recompute_customer, recompute_customers, settle_ties, tied_subscriptions
 from ledger.models import Subscription
 from ledger.mrr import UnresolvedStripeObject
+from ledger.resolve import UnreadAppliesTo
 from ledger.settings import Settings
-from ledger.state import Applied, record_object
+from ledger.state import NEVER_OBSERVED, Applied, record_object
 from worker.processing import AfterApply
-from worker.stripe_api import StripeAPI, StripeUnavailable
+from worker.stripe_api import NoSuchObject, StripeAPI, StripeUnavailable
 
 log = logging.getLogger("subledger.worker")
 
@@ -27,6 +28,31 @@ MAX_FETCHES_PER_CUSTOMER = 10
 
 class MissingStripeObject(RuntimeError):
     """A referenced object is neither stored nor fetchable; the events are retried later."""
+
+
+_UNREAD_LOGGED: set[str] = set()
+"""Coupons this process said it values without their `applies_to`."""
+
+
+def _valued_unread(coupon_id: str, why: str) -> None:
+    if coupon_id not in _UNREAD_LOGGED:
+        _UNREAD_LOGGED.add(coupon_id)
+        log.warning(
+            "coupon %s is valued as reducing every item: its applies_to was never read (%s)",
+            coupon_id,
+            why,
+            extra={"coupon": coupon_id},
+        )
+
+
+def _without_key(coupon_id: str) -> None:
+    """Without STRIPE_API_KEY an unread coupon must not hold the ledger back: it reduces every item."""
+    _valued_unread(coupon_id, "set STRIPE_API_KEY so subledger can read it")
+
+
+def unread_applies_to(api: StripeAPI | None) -> UnreadAppliesTo | None:
+    """What the engine does with a coupon whose `applies_to` was never read: fetched first (None) when it can be."""
+    return None if api is not None else _without_key
 
 
 def _discounts_of(subscription: Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -58,7 +84,7 @@ def _store_fetched_subscription(session: Session, api: StripeAPI, subscription: 
 PRICE_MISSING = frozenset({"tiers", "price"})
 """What `ledger.mrr` names a price for: the price is read from its own endpoint."""
 
-COUPON_MISSING = frozenset({"coupon object", "percent_off/amount_off"})
+COUPON_MISSING = frozenset({"coupon object", "applies_to", "percent_off/amount_off"})
 """What `ledger.resolve` / `ledger.mrr` name a coupon for: the coupon is read from its own endpoint."""
 
 
@@ -70,7 +96,18 @@ def fetch_missing(session: Session, api: StripeAPI, customer_id: str, missing: U
         return
     if missing.missing in COUPON_MISSING:
         # Never through a subscription: the discount naming the coupon may be gone from it since.
-        record_object(session, api.coupon(missing.object_id), observed_at=now)
+        try:
+            coupon = api.coupon(missing.object_id)
+        except NoSuchObject:
+            if missing.missing != "applies_to":
+                raise
+            # A deleted coupon still counts, but Stripe no longer answers for it: marked deleted
+            # (as Stripe shows one), the engine values it as reducing every item.
+            gone = {"id": missing.object_id, "object": "coupon", "deleted": True}
+            record_object(session, gone, observed_at=NEVER_OBSERVED, deleted=True)
+            _valued_unread(missing.object_id, "Stripe has deleted the coupon")
+            return
+        record_object(session, coupon, observed_at=now)
         return
     # A discount named by id (or holding no coupon): discounts have no endpoint of their own,
     # they come expanded on their subscription. One removed since is only known from its own
@@ -84,7 +121,9 @@ def recompute(session: Session, customer_id: str, settings: Settings, api: Strip
     tried: set[str] = set()
     while True:
         try:
-            return recompute_customer(session, customer_id, settings.rules, now=utcnow())
+            return recompute_customer(
+                session, customer_id, settings.rules, now=utcnow(), unread_applies_to=unread_applies_to(api)
+            )
         except UnresolvedStripeObject as exc:
             key = f"{exc.object_id}/{exc.missing}"
             if api is None:
@@ -125,7 +164,9 @@ def after_apply_for(settings: Settings) -> AfterApply:
             if (subscription_id, observed_at) in touched:
                 settle_ties(session, subscription_id, observed_at, current_state)
         try:
-            results = recompute_customers(session, customers, settings.rules, now=utcnow())
+            results = recompute_customers(
+                session, customers, settings.rules, now=utcnow(), unread_applies_to=unread_applies_to(api)
+            )
         except UnresolvedStripeObject:
             # Someone's subscription names an object not stored yet: go one by one, fetching.
             results = [recompute(session, customer_id, settings, api) for customer_id in customers]

@@ -36,7 +36,7 @@ from ledger.models import (
     Subscription,
 )
 from ledger.mrr import UnresolvedStripeObject
-from ledger.resolve import resolve_subscription
+from ledger.resolve import applies_to_read, resolve_subscription
 from ledger.settings import RuleSettings, Settings
 from ledger.state import RANK_RECONCILE, record_object, record_subscription
 from ledger.timeline import PAYING_STATUSES, Snapshot, subscription_changes
@@ -105,7 +105,7 @@ def _discounts(subscription: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
 
 
 def _references(subscription: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
-    """(kind, id) of the tiered prices without tiers and the coupons named by id."""
+    """(kind, id) of the tiered prices without tiers and the coupons named by id or not read whole."""
     for item in (subscription.get("items") or {}).get("data") or []:
         price = item.get("price")
         if isinstance(price, Mapping) and price.get("billing_scheme") == "tiered" and price.get("tiers") is None:
@@ -115,6 +115,8 @@ def _references(subscription: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
         coupon = discount.get("coupon") or (source.get("coupon") if isinstance(source, Mapping) else None)
         if isinstance(coupon, str):
             yield "coupon", coupon
+        elif isinstance(coupon, Mapping) and not applies_to_read(coupon) and isinstance(coupon.get("id"), str):
+            yield "coupon", coupon["id"]
 
 
 class _Catalog:
@@ -140,8 +142,12 @@ class _Catalog:
         if not wanted:
             return
         for row in session.scalars(select(StripeObject).where(StripeObject.id.in_(wanted))):
-            # A stored price from a webhook has no tiers: only a fetched one will do.
-            if wanted[row.id] == "coupon" or row.payload.get("tiers") is not None:
+            # A stored price from a webhook has no tiers, a stored coupon no applies_to: only a read
+            # one will do (or a deleted coupon, which Stripe no longer answers for).
+            if wanted[row.id] == "coupon":
+                if applies_to_read(row.payload) or row.deleted:
+                    self.known[row.id] = row.payload
+            elif row.payload.get("tiers") is not None:
                 self.known[row.id] = row.payload
         for object_id, kind in sorted(wanted.items()):
             if object_id in self.known:

@@ -47,6 +47,10 @@ class StripeUnavailable(RuntimeError):
     """Stripe could not be reached or refused the request; the message says why."""
 
 
+class NoSuchObject(StripeUnavailable):
+    """Stripe answered 404: it has no such object (never had, or deleted it)."""
+
+
 class StripeAPI:
     def __init__(
         self,
@@ -85,7 +89,8 @@ class StripeAPI:
                 wait *= 2
                 continue
             except stripe.InvalidRequestError as exc:
-                raise StripeUnavailable(f"Stripe refused GET {path}: {exc.user_message or exc.http_status}") from None
+                refused = NoSuchObject if exc.http_status == 404 else StripeUnavailable
+                raise refused(f"Stripe refused GET {path}: {exc.user_message or exc.http_status}") from None
             except stripe.AuthenticationError:
                 raise StripeUnavailable("Stripe rejected STRIPE_API_KEY") from None
             except stripe.StripeError as exc:
@@ -149,7 +154,16 @@ class StripeAPI:
         return self.get(f"/v1/prices/{price_id}", expand=["tiers"])
 
     def coupon(self, coupon_id: str) -> dict[str, Any]:
-        return self.get(f"/v1/coupons/{coupon_id}", expand=["applies_to"])
+        """A coupon read with `applies_to` expanded.
+
+        The answer always carries the key, so the coupon counts as read: Stripe
+        includes an expanded field, and an answer without it (a proxy or fake
+        that ignores `expand`) has nothing to restrict the coupon with (null:
+        every item). Otherwise the coupon would be fetched again and again.
+        """
+        coupon = self.get(f"/v1/coupons/{coupon_id}", expand=["applies_to"])
+        coupon.setdefault("applies_to", None)
+        return coupon
 
 
 def _retry_after(headers: Mapping[str, str] | None) -> float | None:

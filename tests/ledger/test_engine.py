@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import func, select
 
 from ledger.db import Database
 from ledger.engine import recompute_customer, settle_ties
-from ledger.models import Movement, SubscriptionChange, SubscriptionSnapshot
+from ledger.models import Movement, StripeObject, SubscriptionChange, SubscriptionSnapshot
+from ledger.mrr import UnresolvedStripeObject
 from ledger.ordering import TiedVersion, settle_order
 from ledger.resolve import resolve_subscription
 from ledger.settings import RuleSettings
@@ -73,7 +75,9 @@ def test_recompute_keeps_unchanged_movements_and_their_ids(db: Database) -> None
 
 
 def test_references_are_filled_from_stored_objects(db: Database) -> None:
+    # As subledger reads a coupon: with `applies_to` expanded (null: every item).
     coupon = {"id": "TEN", "object": "coupon", "percent_off": 10, "duration": "forever", "amount_off": None}
+    coupon["applies_to"] = None
     discount = {
         "id": "di_1",
         "object": "discount",
@@ -90,6 +94,61 @@ def test_references_are_filled_from_stored_objects(db: Database) -> None:
     store(db, payload, utc(1, 10), "evt_1")
     result = recompute(db, "cus_1")
     assert [(m.type, m.amount) for m in result.movements] == [("new", 9000)]
+
+
+def ten_percent_off(customer: str = "cus_1", **coupon_fields: object) -> dict:
+    """A subscription whose discount holds a 10%-off coupon inline (older API shapes)."""
+    coupon = {"id": "TEN", "object": "coupon", "percent_off": 10, "duration": "forever", "amount_off": None}
+    held = {"id": "di_1", "object": "discount", "start": 0, "end": None, "coupon": coupon | coupon_fields}
+    payload = subscription(
+        item(price(10000)), item(price(5000, price_id="price_extra", product="prod_extra"), item_id="si_2"),
+        start=utc(1, 10), customer=customer, sub_id=f"sub_{customer}",
+    )  # fmt: skip
+    payload["discounts"] = [held]
+    return payload
+
+
+def test_a_coupon_never_read_with_applies_to_is_named_before_it_values_anything(db: Database) -> None:
+    store(db, ten_percent_off(), utc(1, 10), "evt_1")
+    with pytest.raises(UnresolvedStripeObject) as raised, db.transaction() as session:
+        recompute_customer(session, "cus_1", RULES, now=NOW)
+    assert (raised.value.object_id, raised.value.missing) == ("TEN", "applies_to")
+
+    # A caller that cannot fetch says so: the coupon then reduces every item.
+    told: list[str] = []
+    with db.transaction() as session:
+        result = recompute_customer(session, "cus_1", RULES, now=NOW, unread_applies_to=told.append)
+    assert ([(m.type, m.amount) for m in result.movements], told) == ([("new", 13500)], ["TEN"])
+
+
+def test_a_coupon_takes_applies_to_from_the_copy_that_read_it(db: Database) -> None:
+    with db.transaction() as session:
+        record_object(session, {"id": "TEN", "object": "coupon", "applies_to": {"products": ["prod_extra"]}},
+                      observed_at=utc(1, 1))  # fmt: skip
+    store(db, ten_percent_off(), utc(1, 10), "evt_1")
+    assert [(m.type, m.amount) for m in recompute(db, "cus_1").movements] == [("new", 14500)]
+
+
+def test_a_deleted_coupon_never_read_reduces_every_item(db: Database) -> None:
+    # Stripe answers 404 for a deleted coupon: its applies_to can no longer be read.
+    with db.transaction() as session:
+        record_object(session, {"id": "TEN", "object": "coupon", "deleted": True}, observed_at=utc(1, 1), deleted=True)
+    store(db, ten_percent_off(), utc(1, 10), "evt_1")
+    assert [(m.type, m.amount) for m in recompute(db, "cus_1").movements] == [("new", 13500)]
+
+
+@pytest.mark.parametrize("read_first", [True, False], ids=["read copy first", "webhook copy first"])
+def test_a_webhook_copy_of_a_coupon_never_erases_the_applies_to_read(db: Database, read_first: bool) -> None:
+    read = {"id": "TEN", "object": "coupon", "name": "10%", "applies_to": {"products": ["prod_extra"]}}
+    webhook = {"id": "TEN", "object": "coupon", "name": "Ten percent"}  # includable applies_to left out
+    copies = [(read, utc(1, 1)), (webhook, utc(2, 1))]
+    with db.transaction() as session:
+        for copy, observed_at in copies if read_first else reversed(copies):
+            record_object(session, copy, observed_at=observed_at)
+    with db.session() as session:
+        stored = session.get(StripeObject, "TEN")
+        assert stored is not None
+        assert stored.payload == {**webhook, "applies_to": {"products": ["prod_extra"]}}
 
 
 def test_resolve_leaves_unknown_references_for_the_rules_to_name() -> None:

@@ -10,9 +10,10 @@ drain that first sees it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -20,7 +21,7 @@ import responses
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from ledger.db import Database
+from ledger.db import Database, utcnow
 from ledger.models import Movement, StripeEvent
 from ledger.settings import Settings
 from tests.ledger.subscription_payloads import item, price, subscription, ts, utc
@@ -184,3 +185,93 @@ def test_coupon_named_by_id_is_read_from_the_store_or_its_own_endpoint(
     # Read once from its own endpoint, then from the store; never through a subscription.
     assert stripe.calls("/v1/coupons/QUARTER") == [{"expand[0]": "applies_to"}]
     assert subscription_calls(stripe) == []
+
+
+# --- A coupon's applies_to: included only when expanded -------------------------------------
+
+PLAN = price(4900, price_id="price_plan", product="prod_plan")
+SUPPORT = price(9900, price_id="price_support", product="prod_support")
+
+
+def plan_and_support(discount_id: str, *, support: int = 1) -> dict[str, Any]:
+    """A 49.00 plan and a 99.00 support item, with a discount naming its coupon by id."""
+    return subscription(
+        item(PLAN, item_id="si_plan"),
+        item(SUPPORT, support, item_id="si_support"),
+        start=utc(1, 10),
+        discounts=[discount_id],
+    )
+
+
+def support_only_account(coupon_id: str) -> list[dict[str, Any]]:
+    """A 30%-off coupon restricted to the support product, on a plan-and-support subscription
+    whose support item goes from 1 to 2 on 1 March."""
+    held = discount("di_support", coupon_id, utc(1, 10), customer="cus_1", sub_id="sub_1")
+    one, two = plan_and_support("di_support"), plan_and_support("di_support", support=2)
+    return [
+        event("coupon.created", coupon(coupon_id, 30), utc(1, 1), f"evt_{coupon_id}_created"),
+        event("customer.discount.created", held, utc(1, 10), "evt_discount"),
+        event("customer.subscription.created", one, utc(1, 10), "evt_created"),
+        event("customer.subscription.updated", two, utc(3, 1), "evt_second_seat", items=one["items"]),
+    ]
+
+
+def test_coupon_seen_without_applies_to_is_fetched_expanded_before_valuing(
+    client: FlaskClient, db: Database, keyed: Settings, stripe: FakeStripe
+) -> None:
+    # Expanded, Stripe says what the coupon applies to; webhooks never carry the field.
+    stripe.add("coupons", coupon("SUPPORT30", 30, applies_to={"products": ["prod_support"]}))
+    created, held, named, second_seat = support_only_account("SUPPORT30")
+    # A later webhook copy (renamed after the worker read the coupon) carries no applies_to either.
+    renamed = event(
+        "coupon.updated",
+        coupon("SUPPORT30", 30, name="Support, 30% off"),
+        utcnow() + timedelta(minutes=1),
+        "evt_renamed",
+    )
+
+    arrive(client, db, keyed, created, held, named, renamed, second_seat)
+
+    # 49.00 + 99.00 × 0.7 = 118.30, not 148.00 × 0.7 = 103.60; then 49.00 + 198.00 × 0.7 = 187.60.
+    assert movements(db) == [
+        ("cus_1", "2024-01-10", "new", 11830, ("evt_created",)),
+        ("cus_1", "2024-03-01", "expansion", 6930, ("evt_second_seat",)),
+    ]
+    assert stripe.calls("/v1/coupons/SUPPORT30") == [{"expand[0]": "applies_to"}]
+
+
+def test_coupon_never_read_without_a_key_reduces_every_item_and_is_logged_once(
+    client: FlaskClient, db: Database, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="subledger.worker")
+
+    arrive(client, db, settings, *support_only_account("NOKEY30"))
+
+    # Nothing can say which items it reduces: every item, rather than a ledger held back forever.
+    assert movements(db) == [
+        ("cus_1", "2024-01-10", "new", 10360, ("evt_created",)),
+        ("cus_1", "2024-03-01", "expansion", 6930, ("evt_second_seat",)),
+    ]
+    said = [record.getMessage() for record in caplog.records if "NOKEY30" in record.getMessage()]
+    assert len(said) == 1
+    assert "STRIPE_API_KEY" in said[0]
+
+
+@pytest.mark.parametrize("deletion", ["Stripe answers 404", "coupon.deleted received"])
+def test_deleted_coupon_never_read_still_counts_for_every_item(
+    client: FlaskClient, db: Database, keyed: Settings, stripe: FakeStripe, deletion: str
+) -> None:
+    coupon_id = "GONE30"  # deleted in Stripe: GET /v1/coupons/GONE30 answers 404
+    created, held, named, second_seat = support_only_account(coupon_id)
+    deleted = [event("coupon.deleted", coupon(coupon_id, 30, valid=False), utc(1, 2), "evt_gone")]
+
+    arrive(client, db, keyed, created, *(deleted if deletion == "coupon.deleted received" else []), held, named)
+    arrive(client, db, keyed, second_seat)
+
+    assert movements(db) == [
+        ("cus_1", "2024-01-10", "new", 10360, ("evt_created",)),
+        ("cus_1", "2024-03-01", "expansion", 6930, ("evt_second_seat",)),
+    ]
+    # Asked once at most: a coupon Stripe deleted cannot be read any more.
+    expected = [] if deletion == "coupon.deleted received" else [{"expand[0]": "applies_to"}]
+    assert stripe.calls(f"/v1/coupons/{coupon_id}") == expected
