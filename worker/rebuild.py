@@ -16,7 +16,7 @@ from ledger.db import Database, utcnow
 from ledger.engine import Recomputed, customers_with_snapshots, recompute_customers, resum_totals
 from ledger.mrr import UnresolvedStripeObject
 from ledger.settings import Settings
-from worker.recompute import MissingStripeObject, recompute
+from worker.recompute import MissingStripeObject, recompute, unread_applies_to
 from worker.stripe_api import StripeAPI
 
 BATCH = 200
@@ -38,6 +38,9 @@ class RebuildReport:
 def rebuild(db: Database, settings: Settings, *, progress: Callable[[int, int], None] | None = None) -> RebuildReport:
     """Recompute every customer, a batch per transaction; report what changed."""
     api = StripeAPI(settings) if settings.stripe_api_key else None
+    # Without a key, a coupon whose applies_to was never read is valued in its batch as the worker
+    # values it (every item), rather than sending every batch holding one customer by customer.
+    unread = unread_applies_to(api)
     with db.session() as session:
         customers = list(customers_with_snapshots(session))
     report = RebuildReport()
@@ -45,7 +48,9 @@ def rebuild(db: Database, settings: Settings, *, progress: Callable[[int, int], 
         batch = customers[start : start + BATCH]
         try:
             with db.transaction() as session:
-                for result in recompute_customers(session, batch, settings.rules, now=utcnow()):
+                for result in recompute_customers(
+                    session, batch, settings.rules, now=utcnow(), unread_applies_to=unread
+                ):
                     report.add(result)
         except UnresolvedStripeObject:
             # Some subscription names an object not stored yet: one by one, fetching it.

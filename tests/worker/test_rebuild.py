@@ -10,7 +10,7 @@ from ledger.db import Database, utcnow
 from ledger.engine import recompute_customers
 from ledger.models import Movement
 from ledger.settings import RuleSettings, Settings
-from ledger.state import record_subscription
+from ledger.state import record_object, record_subscription
 from tests.ledger.subscription_payloads import item, price, repeating_discount, subscription
 from worker.rebuild import rebuild
 
@@ -45,3 +45,17 @@ def test_roll_forward_churns_past_due_after_the_grace_period(db: Database, setti
     graced = Settings(database_url=settings.database_url, rules=RuleSettings(past_due_grace_days=3))
     rebuild(db, graced)
     assert booked(db) == [("new", 5000), ("churn", -5000)]
+
+
+def test_rebuild_without_a_key_values_a_coupon_never_read_for_every_item(db: Database, settings: Settings) -> None:
+    # A coupon.* webhook copy: no applies_to (Stripe includes it only when expanded), and no key to read it.
+    coupon = {"id": "TEN", "object": "coupon", "percent_off": 10, "amount_off": None, "duration": "forever"}
+    held = {"id": "di_1", "object": "discount", "start": None, "end": None, "coupon": coupon}
+    payload = subscription(item(price(10000)), start=utcnow() - timedelta(days=30))
+    payload["discounts"] = [held]
+    with db.transaction() as session:
+        record_object(session, coupon, observed_at=utcnow() - timedelta(days=40))
+        record_subscription(session, payload, observed_at=utcnow() - timedelta(days=30), source="evt_1")
+    report = rebuild(db, settings)
+    assert (report.customers, report.problems) == (1, [])
+    assert booked(db) == [("new", 9000)]
