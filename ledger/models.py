@@ -230,6 +230,8 @@ class SyncRun(Base):
     parameters: Mapped[dict[str, Any]]
     counts: Mapped[dict[str, Any]]
     errors: Mapped[list[str]] = mapped_column(JsonDocument)
+    stripe_api_version: Mapped[str | None] = mapped_column(String(64))
+    """The `Stripe-Version` the run read with (STRIPE_API_VERSION); None for runs before it was recorded."""
 
 
 class SyncCheckpoint(Base):

@@ -11,6 +11,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Literal
 
@@ -28,6 +29,10 @@ DEFAULT_RECONCILE_CRON = "0 3 * * *"
 DEFAULT_STRIPE_RATE_SHARE = 0.8
 """Share of Stripe's published rate limit subledger allows itself."""
 
+DEFAULT_STRIPE_API_VERSION = "2025-10-29.clover"
+"""The Stripe API version subledger reads with: the shapes its payload handling is written and
+tested for. Chosen here, not inherited from the installed SDK, whose default moves with each release."""
+
 ChurnRecognition = Literal["ended", "request"]
 DiscountsOnce = Literal["ignore", "subtract"]
 Netting = Literal["day", "none"]
@@ -38,6 +43,7 @@ ENV_VARIABLES = (
     "REDIS_URL",
     "STRIPE_API_KEY",
     "STRIPE_API_BASE",
+    "STRIPE_API_VERSION",
     "STRIPE_WEBHOOK_SECRET",
     "SUBLEDGER_API_TOKEN",
     "REPORTING_CURRENCY",
@@ -103,6 +109,9 @@ class Settings:
     stripe_api_base: str | None = None
     """Alternative Stripe API base URL (a local fake, a proxy)."""
 
+    stripe_api_version: str = DEFAULT_STRIPE_API_VERSION
+    """`Stripe-Version` of every request to the Stripe API, recorded on each run."""
+
     webhook_secrets: tuple[str, ...] = ()
     """Endpoint signing secrets; several during a rotation."""
 
@@ -134,6 +143,7 @@ class Settings:
 
 _CURRENCY = re.compile(r"^[a-z]{3}$")
 _CRON_FIELD = re.compile(r"^[\d*/,\-A-Za-z]+$")
+_API_VERSION = re.compile(r"^(?P<date>\d{4}-\d{2}-\d{2})(\.[a-z]+)?$")
 
 
 def _text(env: Mapping[str, str], name: str) -> str | None:
@@ -181,6 +191,22 @@ def _api_base(env: Mapping[str, str]) -> str | None:
     if url is not None and not re.match(r"^https?://[^\s/]+", url):
         raise ConfigError("STRIPE_API_BASE must be an http:// or https:// URL")
     return url.rstrip("/") if url else None
+
+
+def _api_version(env: Mapping[str, str]) -> str:
+    value = _text(env, "STRIPE_API_VERSION")
+    if value is None:
+        return DEFAULT_STRIPE_API_VERSION
+    found = _API_VERSION.match(value)
+    try:
+        if found is None:
+            raise ValueError(value)
+        date.fromisoformat(found["date"])  # a real day: "2025-13-40" is a typo, not a version
+    except ValueError:
+        raise ConfigError(
+            f"STRIPE_API_VERSION must be a Stripe API version such as {DEFAULT_STRIPE_API_VERSION} (got {value!r})"
+        ) from None
+    return value
 
 
 def _api_key(env: Mapping[str, str]) -> str | None:
@@ -268,6 +294,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
         redis_url=_redis_url(env),
         stripe_api_key=_api_key(env),
         stripe_api_base=_api_base(env),
+        stripe_api_version=_api_version(env),
         webhook_secrets=_webhook_secrets(env),
         api_token=_text(env, "SUBLEDGER_API_TOKEN"),
         reporting_currency=_currency(env),

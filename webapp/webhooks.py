@@ -13,9 +13,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
+from collections.abc import Mapping
+from typing import Any
 
 import stripe
-from flask import Blueprint, Flask, jsonify, request
+from flask import Blueprint, Flask, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 from redis import Redis, RedisError
 from rq import Queue, Retry
@@ -47,8 +50,12 @@ COUNTERS_KEY = "subledger:metrics:webhooks"
 `ignored` (stored, or a preview without id, but not used), `duplicate`,
 `rejected:<reason>` or `failed` (not stored: 503)."""
 
+VERSIONS_WARNED = "subledger.webhook_api_versions_warned"
+"""`app.extensions` key: the other API versions this process has warned about."""
+
 log = logging.getLogger("subledger.web")
 bp = Blueprint("webhooks", __name__)
+_versions_lock = threading.Lock()
 
 
 def _count(outcome: str) -> None:
@@ -89,6 +96,31 @@ def _signature_problem(payload: str, header: str | None, secrets: tuple[str, ...
             elif "Unable to extract" in message or "expected scheme" in message:
                 return "malformed Stripe-Signature header", "malformed_signature"
     return problem
+
+
+def _note_api_version(event: Mapping[str, Any], expected: str) -> None:
+    """Warn, once per process and version, of events rendered in another API version than STRIPE_API_VERSION.
+
+    Nothing is refused: the 2020-03-02 shapes and the current ones are both read.
+    But the endpoint's version is set in Stripe, apart from the one backfill and
+    reconcile read with, and a person should know the two differ.
+    """
+    version = event.get("api_version")
+    if not isinstance(version, str) or version == expected:
+        return
+    warned: set[str] = current_app.extensions[VERSIONS_WARNED]
+    with _versions_lock:
+        if version in warned:
+            return
+        warned.add(version)
+    log.warning(
+        "webhook events arrive with Stripe API version %s, not STRIPE_API_VERSION %s: both are read, but "
+        "webhooks and backfill/reconcile see different shapes; give the endpoint version %s in Stripe",
+        version,
+        expected,
+        expected,
+        extra={"api_version": version, "stripe_api_version": expected},
+    )
 
 
 def _notify_workers(connection: Redis, shard: int) -> None:
@@ -135,6 +167,7 @@ def receive_stripe_event() -> ResponseReturnValue:
         log.error("event not stored", extra={"event_id": event["id"], "error": type(exc).__name__})
         _count("failed")
         return jsonify(error="event could not be stored; retry later"), 503
+    _note_api_version(event, found.settings.stripe_api_version)
     if result.stored and result.status is EventStatus.PENDING and found.redis is not None:
         try:
             _notify_workers(found.redis, result.shard)
@@ -152,4 +185,5 @@ def receive_stripe_event() -> ResponseReturnValue:
 
 
 def init_app(app: Flask) -> None:
+    app.extensions[VERSIONS_WARNED] = set()
     app.register_blueprint(bp)

@@ -480,7 +480,14 @@ def backfill(
     StripeAPI(settings, throttle=limiter)  # no key, no run: refused before a run row is written
     _few_malloc_arenas()
     parameters = {"since": since.isoformat() if since is not None else None}
-    report = start_run(db, "backfill", parameters=parameters, livemode=settings.livemode, resumable=True)
+    report = start_run(
+        db,
+        "backfill",
+        parameters=parameters,
+        livemode=settings.livemode,
+        stripe_api_version=settings.stripe_api_version,
+        resumable=True,
+    )
     if report.resumed:
         log.info("resuming backfill %s", report.run_id)
     run = _Backfill(db, settings, report, progress=progress or NoProgress(), limiter=limiter, threads=threads)

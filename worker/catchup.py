@@ -118,6 +118,7 @@ def catch_up(db: Database, settings: Settings, redis: Redis | None, *, api: Stri
         "catchup",
         parameters={"since": since.isoformat() if since else None},
         livemode=settings.livemode,
+        stripe_api_version=api.api_version,
         exclusive=True,
     )
     report.counts.update(dict.fromkeys(COUNTS, 0))

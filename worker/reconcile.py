@@ -403,7 +403,9 @@ def reconcile(db: Database, settings: Settings, *, api: StripeAPI | None = None)
     it `partial`, each one listed.
     """
     api = api or StripeAPI(settings)
-    report = start_run(db, "reconcile", parameters={}, livemode=settings.livemode, exclusive=True)
+    report = start_run(
+        db, "reconcile", parameters={}, livemode=settings.livemode, stripe_api_version=api.api_version, exclusive=True
+    )
     report.counts.update(dict.fromkeys(COUNTS, 0))
     reconciler = _Reconciler(db, settings, api, report)
     try:

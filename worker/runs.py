@@ -73,10 +73,15 @@ def start_run(
     *,
     parameters: dict[str, Any],
     livemode: bool | None = None,
+    stripe_api_version: str | None = None,
     exclusive: bool = True,
     resumable: bool = False,
 ) -> RunReport:
-    """Record a new run (or resume the newest unfinished one with the same parameters)."""
+    """Record a new run (or resume the newest unfinished one with the same parameters).
+
+    A run is resumed only with the Stripe API version it read with: a change of
+    STRIPE_API_VERSION starts a new run, so no run holds objects of two shapes.
+    """
     now = utcnow()
     with db.transaction() as session:
         runs = session.scalars(select(SyncRun).where(SyncRun.kind == kind).order_by(SyncRun.started_at.desc())).all()
@@ -88,12 +93,13 @@ def start_run(
                     )
         if resumable:
             for run in runs:
-                if run.status in (RunStatus.RUNNING.value, RunStatus.FAILED.value) and run.parameters == parameters:
+                same = run.parameters == parameters and run.stripe_api_version == stripe_api_version
+                if run.status in (RunStatus.RUNNING.value, RunStatus.FAILED.value) and same:
                     run.status = RunStatus.RUNNING.value
                     run.heartbeat_at = now
                     run.finished_at = None
                     return RunReport(run.id, kind, counts=Counter(run.counts), resumed=True)
-                if run.parameters == parameters:
+                if same:
                     break  # the newest run with these parameters finished: start afresh
         run_id = f"{kind}_{now:%Y%m%d%H%M%S}_{uuid.uuid4().hex[:8]}"
         session.add(
@@ -101,6 +107,7 @@ def start_run(
                 id=run_id,
                 kind=kind,
                 livemode=livemode,
+                stripe_api_version=stripe_api_version,
                 started_at=now,
                 heartbeat_at=now,
                 status=RunStatus.RUNNING.value,

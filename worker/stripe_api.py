@@ -1,7 +1,9 @@
 """The one way subledger talks to the Stripe API.
 
 Built on the official SDK's `StripeClient` (requests transport), honouring
-STRIPE_API_BASE. The SDK retries network errors and 5xx itself
+STRIPE_API_BASE. Every request names its API version (`Stripe-Version`:
+STRIPE_API_VERSION), so the shapes read stay those the project is written for
+whatever SDK release is installed: the SDK's own default moves with it. The SDK retries network errors and 5xx itself
 (`max_network_retries`) but not a 429 without Stripe-Should-Retry, and it
 ignores Retry-After; this module waits as long as Stripe asks and tries again.
 Objects come back as plain JSON dicts, exactly as Stripe sent them, so the
@@ -63,8 +65,11 @@ class StripeAPI:
         if not settings.stripe_api_key:
             raise StripeUnavailable("STRIPE_API_KEY is not set")
         base = {"api": settings.stripe_api_base} if settings.stripe_api_base else None
+        self.api_version = settings.stripe_api_version
+        """The `Stripe-Version` every request sends."""
         self.client = stripe.StripeClient(
             settings.stripe_api_key,
+            stripe_version=self.api_version,
             base_addresses=base,  # type: ignore[arg-type]
             max_network_retries=MAX_NETWORK_RETRIES,
             http_client=stripe.RequestsClient(),

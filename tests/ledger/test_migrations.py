@@ -174,3 +174,32 @@ def test_an_unfinished_backfill_of_an_earlier_version_gets_its_customers_to_rebu
     with engine.connect() as connection:
         rows = connection.execute(text("SELECT run_id, customer_id, rebuilt FROM backfill_customers")).all()
     assert [tuple(row) for row in rows] == [("failed_backfill", "cus_read", False)]
+
+
+def test_runs_recorded_before_the_api_version_keep_none(engine: Engine) -> None:
+    migrate.upgrade(engine, "0009")
+    started = datetime(2026, 1, 1, tzinfo=UTC)
+    runs = Base.metadata.tables["sync_runs"]
+    earlier = {
+        "id": "backfill_earlier",
+        "kind": "backfill",
+        "livemode": False,
+        "started_at": started,
+        "heartbeat_at": started,
+        "finished_at": None,
+        "status": "failed",
+        "parameters": {},
+        "counts": {},
+        "errors": [],
+    }
+    with engine.begin() as connection:
+        connection.execute(runs.insert().values(earlier))
+    migrate.upgrade(engine)
+    with engine.begin() as connection:
+        connection.execute(
+            runs.insert().values(earlier | {"id": "reconcile_now", "stripe_api_version": "2025-10-29.clover"})
+        )
+        rows = connection.execute(text("SELECT id, stripe_api_version FROM sync_runs ORDER BY id")).all()
+    assert [tuple(row) for row in rows] == [("backfill_earlier", None), ("reconcile_now", "2025-10-29.clover")]
+    migrate.downgrade(engine, "0009")
+    assert "stripe_api_version" not in {column["name"] for column in inspect(engine).get_columns("sync_runs")}

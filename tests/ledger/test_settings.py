@@ -10,6 +10,7 @@ import pytest
 from ledger.settings import (
     DEFAULT_DATABASE_URL,
     DEFAULT_RECONCILE_CRON,
+    DEFAULT_STRIPE_API_VERSION,
     DEFAULT_STRIPE_RATE_SHARE,
     ENV_VARIABLES,
     ConfigError,
@@ -24,6 +25,9 @@ MALFORMED = [
     pytest.param("STRIPE_API_KEY", "pk_test_51abc", id="STRIPE_API_KEY publishable key"),
     pytest.param("STRIPE_API_KEY", "sk_prod_51abc", id="STRIPE_API_KEY unknown mode"),
     pytest.param("STRIPE_API_BASE", "localhost:12111", id="STRIPE_API_BASE without scheme"),
+    pytest.param("STRIPE_API_VERSION", "latest", id="STRIPE_API_VERSION a word"),
+    pytest.param("STRIPE_API_VERSION", "2025-13-40.clover", id="STRIPE_API_VERSION not a day"),
+    pytest.param("STRIPE_API_VERSION", "2025-10-29 clover", id="STRIPE_API_VERSION space"),
     pytest.param("STRIPE_WEBHOOK_SECRET", "abc", id="STRIPE_WEBHOOK_SECRET not whsec_"),
     pytest.param("STRIPE_WEBHOOK_SECRET", "whsec_ok,abc", id="STRIPE_WEBHOOK_SECRET one bad of two"),
     pytest.param("REPORTING_CURRENCY", "dollars", id="REPORTING_CURRENCY not ISO"),
@@ -52,6 +56,7 @@ def test_defaults_without_any_variable() -> None:
     assert settings.redis_url is None
     assert settings.stripe_api_key is None
     assert settings.stripe_api_base is None
+    assert settings.stripe_api_version == DEFAULT_STRIPE_API_VERSION == "2025-10-29.clover"
     assert settings.webhook_secrets == ()
     assert settings.api_token is None
     assert settings.reporting_currency == "usd"
@@ -112,6 +117,11 @@ def test_webhook_secrets_are_comma_separated_for_rotation() -> None:
 
 def test_stripe_api_base_loses_its_trailing_slash() -> None:
     assert load_settings({"STRIPE_API_BASE": "http://localhost:12111/"}).stripe_api_base == "http://localhost:12111"
+
+
+@pytest.mark.parametrize("version", ["2025-10-29.clover", "2020-03-02", "2024-09-30.acacia"])
+def test_stripe_api_version_is_kept_as_given(version: str) -> None:
+    assert load_settings({"STRIPE_API_VERSION": version}).stripe_api_version == version
 
 
 def test_reporting_currency_is_lowercased() -> None:

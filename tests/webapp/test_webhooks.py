@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -18,7 +19,7 @@ from ledger.db import Database, utcnow
 from ledger.intake import WAKE_KEY
 from ledger.models import StripeEvent
 from ledger.settings import Settings
-from tests.stripe_payloads import WEBHOOK_SECRET, event_2020, signature_header, signed
+from tests.stripe_payloads import WEBHOOK_SECRET, current_event, event_2020, resource, signature_header, signed
 from worker.queues import queue
 
 URL = "/webhooks/stripe"
@@ -171,6 +172,26 @@ def test_event_without_id_is_acknowledged_not_stored(client: FlaskClient, db: Da
     assert post(client, *signed(preview)) == (200, {"received": True})
     assert stored(db) == []
     assert queue(redis).count == 0
+
+
+def test_events_of_another_api_version_are_stored_with_one_warning_per_version(
+    client: FlaskClient, db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="subledger.web")
+    events = [event_2020(name) for name in ("subscription_created", "subscription_updated", "customer_updated")]
+    current = current_event("customer.updated", resource("customer"), event_id="evt_current", created=int(time.time()))
+    for event in [*events, current]:
+        assert post(client, *signed(event)) == (200, {"received": True})
+    assert {row.id: row.api_version for row in stored(db)} == {
+        **{event["id"]: "2020-03-02" for event in events},
+        "evt_current": "2025-10-29.clover",
+    }
+    warnings = [record.getMessage() for record in caplog.records if "API version" in record.getMessage()]
+    assert warnings == [
+        "webhook events arrive with Stripe API version 2020-03-02, not STRIPE_API_VERSION 2025-10-29.clover: "
+        "both are read, but webhooks and backfill/reconcile see different shapes; "
+        "give the endpoint version 2025-10-29.clover in Stripe"
+    ]
 
 
 def test_test_and_live_mode_events_are_kept_apart(client: FlaskClient, db: Database) -> None:

@@ -7,8 +7,9 @@ unless asked) and `status` for subscriptions (canceled ones only with
 `/v1/invoices/<id>/lines` pages through all of them. `fail(...)` queues answers
 (a 429, a 500, an exception) for requests matching a path and query; `hooks`
 see each request before it is answered. Every
-request is kept in `requests` as (path, query) for the test to inspect, and
-those that got a queued answer in `faulted` too.
+request is kept in `requests` as (path, query) for the test to inspect, its
+`Stripe-Version` header in `versions`, and those that got a queued answer in
+`faulted` too.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ class FakeStripe:
         self.base = base
         self.objects: dict[str, dict[str, dict[str, Any]]] = {}
         self.requests: list[tuple[str, Query]] = []
+        self.versions: list[str | None] = []
+        """The `Stripe-Version` header of each request, in the order of `requests`."""
         self.faulted: list[tuple[str, Query]] = []
         self._faults: list[_Fault] = []
         self.hooks: list[Callable[[str, Query], None]] = []
@@ -81,6 +84,7 @@ class FakeStripe:
         url = urlsplit(request.url)
         path, query = url.path, dict(parse_qsl(url.query))
         self.requests.append((path, query))
+        self.versions.append(request.headers.get("Stripe-Version"))
         for hook in self.hooks:
             hook(path, query)
         for fault in self._faults:

@@ -815,3 +815,33 @@ def test_windows_cover_the_range_without_gaps(
     start: int, end: int, count: int, dense_from: int | None, expected: list[tuple[int, int]]
 ) -> None:
     assert windows(start, end, count, dense_from=dense_from) == expected
+
+
+# --- the Stripe API version -------------------------------------------------------------------
+
+
+def test_every_request_names_stripe_api_version_and_the_run_records_it(
+    db: Database, config: Settings, stripe: FakeStripe
+) -> None:
+    history_account(stripe)
+    chosen = dataclasses.replace(config, stripe_api_version="2025-10-29.clover")
+    report = run_backfill(db, chosen)
+    assert report.status is RunStatus.OK, report.errors
+    assert stripe.versions and set(stripe.versions) == {"2025-10-29.clover"}
+    with db.session() as session:
+        assert session.get_one(SyncRun, report.run_id).stripe_api_version == "2025-10-29.clover"
+
+
+def test_a_run_is_resumed_only_with_the_api_version_it_read_with(
+    db: Database, config: Settings, stripe: FakeStripe
+) -> None:
+    stripe.add("customers", *customers(150))
+    stripe.fail("/v1/customers", exception=KeyboardInterrupt(), when=lambda query: "starting_after" in query)
+    with pytest.raises(KeyboardInterrupt):
+        run_backfill(db, config)
+    other = run_backfill(db, dataclasses.replace(config, stripe_api_version="2024-09-30.acacia"))
+    assert not other.resumed, "its objects would be read in two shapes"
+    assert other.status is RunStatus.OK
+    with db.session() as session:
+        runs = {run.id: (run.status, run.stripe_api_version) for run in session.scalars(select(SyncRun))}
+    assert sorted(runs.values()) == [("failed", config.stripe_api_version), ("ok", "2024-09-30.acacia")]

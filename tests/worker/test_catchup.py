@@ -121,6 +121,15 @@ def test_events_the_webhooks_missed_are_stored_and_processed(
     assert booked == [("new", 10000, ["evt_created"]), ("expansion", 10000, ["evt_upgraded"])]
 
 
+def test_the_run_records_the_api_version_it_read_with(
+    db: Database, redis: Redis, stripe_settings: Settings, stripe_events: EventsAPI
+) -> None:
+    chosen = replace(stripe_settings, stripe_api_version="2024-09-30.acacia")
+    report = catch_up(db, chosen, redis, api=StripeAPI(chosen, sleep=lambda _: None))
+    with db.session() as session:
+        assert session.get_one(SyncRun, report.run_id).stripe_api_version == "2024-09-30.acacia"
+
+
 def test_events_already_received_by_webhook_are_duplicates(
     db: Database, client: FlaskClient, stripe_settings: Settings, api: StripeAPI, stripe_events: EventsAPI
 ) -> None:

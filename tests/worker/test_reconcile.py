@@ -212,6 +212,17 @@ def test_a_second_run_in_a_row_changes_nothing(
     assert ledger_state(db) == state
 
 
+@responses.activate
+def test_the_run_records_the_api_version_its_requests_named(db: Database, stripe_settings: Settings) -> None:
+    chosen = replace(stripe_settings, stripe_api_version="2024-09-30.acacia")
+    stripe_lists(gold_since_january())
+    report = reconcile(db, chosen, api=StripeAPI(chosen, sleep=lambda _: None))
+    assert report.status is RunStatus.OK, report.errors
+    assert {call.request.headers["Stripe-Version"] for call in responses.calls} == {"2024-09-30.acacia"}
+    with db.session() as session:
+        assert session.get_one(SyncRun, report.run_id).stripe_api_version == "2024-09-30.acacia"
+
+
 def test_a_correction_never_overrides_an_event_stamped_with_the_second_of_the_question(settings: Settings) -> None:
     asked_at = utc(3, 1, 12).replace(microsecond=400_000)
     one, two = gold_since_january(), gold_since_january(quantity=2)

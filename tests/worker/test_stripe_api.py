@@ -6,7 +6,7 @@ import pytest
 import requests
 import responses
 
-from ledger.settings import Settings
+from ledger.settings import DEFAULT_STRIPE_API_VERSION, Settings
 from worker.stripe_api import MAX_NETWORK_RETRIES, MAX_RATE_LIMIT_RETRIES, StripeAPI, StripeUnavailable
 
 BASE = "https://stripe.test"
@@ -118,3 +118,33 @@ def test_each_request_first_waits_for_the_rate_limit_of_its_path(waits: list[flo
     assert list(api.list("/v1/invoices/in_1/lines")) == []
     assert paths == ["/v1/invoices/in_1/lines"] * 2
     assert waits == [0.0]  # Retry-After: 0 means now
+
+
+@responses.activate
+def test_every_request_names_the_configured_api_version_not_the_sdks(api: StripeAPI) -> None:
+    """Retries and pages included: an SDK upgrade must not change the shapes read."""
+    limited = {"error": {"type": "rate_limit_error", "message": "Too many requests"}}
+    responses.get(f"{BASE}/v1/subscriptions/sub_1", status=429, json=limited, headers={"Retry-After": "0"})
+    responses.get(f"{BASE}/v1/subscriptions/sub_1", json={"id": "sub_1", "object": "subscription"})
+    responses.get(f"{BASE}/v1/prices/price_1", status=500, json={"error": {"type": "api_error", "message": "boom"}})
+    responses.get(f"{BASE}/v1/prices/price_1", json={"id": "price_1"})
+    responses.get(f"{BASE}/v1/coupons/HALF", json={"id": "HALF"})
+    responses.get(f"{BASE}/v1/customers", json={"object": "list", "data": [{"id": "cus_1"}], "has_more": True})
+    responses.get(f"{BASE}/v1/customers", json={"object": "list", "data": [{"id": "cus_2"}], "has_more": False})
+    api.subscription("sub_1")
+    api.price("price_1")
+    api.coupon("HALF")
+    list(api.list("/v1/customers"))
+    assert len(responses.calls) == 7
+    assert [call.request.headers.get("Stripe-Version") for call in responses.calls] == [DEFAULT_STRIPE_API_VERSION] * 7
+
+
+@responses.activate
+def test_stripe_api_version_is_what_requests_name() -> None:
+    """Whatever the installed SDK defaults to."""
+    settings = Settings(stripe_api_key="sk_test_subledger", stripe_api_base=BASE, stripe_api_version="2020-03-02")
+    responses.get(f"{BASE}/v1/prices/price_1", json={"id": "price_1"})
+    api = StripeAPI(settings)
+    api.price("price_1")
+    assert api.api_version == "2020-03-02"
+    assert responses.calls[0].request.headers["Stripe-Version"] == "2020-03-02"
