@@ -134,15 +134,25 @@ def settle_ties(session: Session, subscription_id: str, observed_at: datetime, c
     ).all()
     if len(rows) < 2:
         return
-    rows = sorted(rows, key=lambda row: row.content_hash)
+    # Identical copies (customer.subscription.paused beside a customer.subscription.updated carrying
+    # the same object) settle in event-id order: the same for any arrival order.
+    rows = sorted(rows, key=lambda row: (row.content_hash, row.source))
     previous = {
         event.id: event.payload.get("data", {}).get("previous_attributes")
         for event in session.scalars(select(StripeEvent).where(StripeEvent.id.in_([r.source for r in rows])))
     }
     versions = [TiedVersion(row.payload, previous.get(row.source)) for row in rows]
     state = current(subscription_id) if needs_current_state(versions) else None
-    for rank, index in enumerate(settle_order(versions, state)):
-        rows[index].rank = rank
+    ranks = {index: rank for rank, index in enumerate(settle_order(versions, state))}
+    moved = [index for index, rank in ranks.items() if rows[index].rank != rank]
+    # The unique key (subscription, second, rank, content) is checked row by row: two identical
+    # copies trading ranks would collide half-way. The rows that move go through ranks no version
+    # holds (below 0) first.
+    for index in moved:
+        rows[index].rank = -1 - index
+    session.flush()
+    for index in moved:
+        rows[index].rank = ranks[index]
 
 
 _MOVEMENT_KEY_COLUMNS = (

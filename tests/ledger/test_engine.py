@@ -201,3 +201,29 @@ def test_future_breakpoints_are_not_booked_before_they_happen(db: Database) -> N
     payload["status"] = "trialing"
     store(db, payload, utc(12, 1), "evt_1")
     assert recompute(db, "cus_1").movements == ()
+
+
+def test_subscription_paused_sent_beside_an_updated_carrying_the_identical_object_reranks_its_second(
+    db: Database,
+) -> None:
+    # Stripe sends customer.subscription.paused and customer.subscription.updated with the very same
+    # object, in the second the subscription also went from 3 seats to 1. The two copies arrive
+    # apart: the second is stored at rank 0 after the first was ranked behind the 3-seat version, and
+    # settling the second again swaps the identical copies, which the unique key (subscription,
+    # second, rank, content) must never see half-way.
+    tie = utc(2, 1)
+    one_seat = subscription(item(price(10000)), start=utc(1, 10), status="paused")
+    three_seats = subscription(item(price(10000), quantity=3), start=utc(1, 10), status="paused")
+    assert settle_order([TiedVersion(three_seats, None), TiedVersion(one_seat, None)]) == [1, 0]
+    store(db, one_seat, tie, "evt_1_updated")
+    store(db, three_seats, tie, "evt_3_seats")
+    with db.transaction() as session:
+        settle_ties(session, "sub_1", tie, lambda _id: one_seat)  # the API shows one seat: it came last
+    store(db, one_seat, tie, "evt_2_paused")
+    with db.transaction() as session:
+        # Two copies match the API now: the fixed order decides, the identical copies first.
+        settle_ties(session, "sub_1", tie, lambda _id: one_seat)
+    with db.session() as session:
+        ranks = dict(session.execute(select(SubscriptionSnapshot.source, SubscriptionSnapshot.rank)).all())
+    # Identical copies in event-id order: the same whatever order they arrived in.
+    assert ranks == {"evt_1_updated": 0, "evt_2_paused": 1, "evt_3_seats": 2}
