@@ -50,7 +50,7 @@ from worker.progress import NoProgress, ProgressReporter
 from worker.ratelimit import RateLimiter, stripe_limiter
 from worker.runs import MAX_ERRORS_KEPT, RunReport, finish_run, heartbeat, one_line, save_checkpoint, start_run
 from worker.streams import CUSTOMERS, FIRST_DAY, LISTINGS, WINDOWS, Listing, Stream, windows
-from worker.stripe_api import PAGE_SIZE, StripeAPI, StripeUnavailable
+from worker.stripe_api import PAGE_SIZE, ParameterRefused, StripeAPI, StripeUnavailable
 
 log = logging.getLogger("subledger.backfill")
 
@@ -152,11 +152,15 @@ class _Backfill:
         self._lock = threading.Lock()
         self._local = threading.local()
         self._beat_at = time.monotonic()
+        self._probed: dict[tuple[str, int, int], bool] = {}
+        """Whether a listing has objects created in [start, end): asked once."""
         with db.session() as session:
             run = session.get(SyncRun, report.run_id)
             assert run is not None
             self.started_at = run.started_at
             previous_errors = list(run.errors) if report.resumed else []
+        self.bounds = (int(FIRST_DAY.timestamp()), int(self.started_at.timestamp()) + 1)
+        """`created` from `--since` to the run's start: what the windows cover (`plan` sets it)."""
         # What was read is counted from the checkpoints and what history did from its own, exactly:
         # the run row's counts may lag. The readers' errors are kept, not why the run stopped.
         self.history = HistoryProgress.begin(db, report.run_id)
@@ -202,6 +206,7 @@ class _Backfill:
         """
         start = int((since or FIRST_DAY).timestamp())
         end = int(self.started_at.timestamp()) + 1
+        self.bounds = (start, end)
         with self.db.session() as session:
             planned = set(
                 session.scalars(select(SyncCheckpoint.stream).where(SyncCheckpoint.run_id == self.report.run_id)).all()
@@ -213,11 +218,12 @@ class _Backfill:
             names = [name for name in planned if name.partition(":")[0] == listing.stream]
             if names:
                 streams.extend(Stream.from_name(name) for name in names)
-            elif not listing.windowed:
+            elif not listing.windowed or not self.accepts_windows(listing, start, end):
                 streams.append(Stream(listing))
             else:
                 if not probed:
-                    dense_from, probed = self.oldest(CUSTOMERS, start, end), True
+                    windowed = self.accepts_windows(CUSTOMERS, start, end)
+                    dense_from, probed = self.oldest(CUSTOMERS, start, end) if windowed else None, True
                 streams.extend(
                     Stream(listing, low, high) for low, high in windows(start, end, WINDOWS, dense_from=dense_from)
                 )
@@ -227,20 +233,37 @@ class _Backfill:
                     save_checkpoint(session, self.report.run_id, stream.name, cursor=None, objects=0)
         return streams
 
+    def any_created(self, listing: Listing, start: int, end: int) -> bool:
+        """Whether the listing has an object created in [start, end): a one-object page, asked once."""
+        key = (listing.path, start, end)
+        if key not in self._probed:
+            page = self.api().get(listing.path, **dict(listing.params, limit=1, created={"gte": start, "lt": end}))
+            self._probed[key] = bool(page.get("data"))
+        return self._probed[key]
+
+    def accepts_windows(self, listing: Listing, start: int, end: int) -> bool:
+        """Whether Stripe lists the listing by `created`; some stand-ins for it (localstripe) refuse to.
+
+        A listing refused its windows is read whole, in one stream (never split), and
+        keeps what the windows would have held: slower, but every object is read.
+        """
+        try:
+            self.any_created(listing, start, end)
+        except ParameterRefused as exc:
+            if exc.param != "created":
+                raise
+            log.warning("%s: Stripe refuses `created` windows (%s); reading the list whole", listing.stream, exc)
+            return False
+        return True
+
     def oldest(self, listing: Listing, start: int, end: int) -> int | None:
         """When the listing's oldest object in [start, end) was created, to the day; None when it is empty."""
-        api = self.api()
-
-        def any_before(moment: int) -> bool:
-            page = api.get(listing.path, limit=1, created={"gte": start, "lt": moment})
-            return bool(page.get("data"))
-
-        if not any_before(end):
+        if not self.any_created(listing, start, end):
             return None
         low, high = start, end  # nothing in [start, low), something in [start, high)
         while high - low > DAY_S:
             middle = (low + high) // 2
-            low, high = (low, middle) if any_before(middle) else (middle, high)
+            low, high = (low, middle) if self.any_created(listing, start, middle) else (middle, high)
         return low
 
     def read(self, streams: Sequence[Stream]) -> None:
@@ -374,8 +397,9 @@ class _Backfill:
             if cursor is not None:
                 query["starting_after"] = cursor
             answer = api.get(stream.listing.path, **query)
-            page: list[dict[str, Any]] = answer.get("data") or []
-            done = not page or not answer.get("has_more")
+            listed: list[dict[str, Any]] = answer.get("data") or []
+            done = not listed or not answer.get("has_more")
+            page = self.within_bounds(stream, listed)
             read_at = utcnow()
             errors: list[str] = []
             usable = [obj for obj in page if kind != "invoices" or self.complete_lines(api, obj, errors)]
@@ -383,9 +407,9 @@ class _Backfill:
                 commit_without_waiting_for_disk(session)
                 self.store(session, kind, usable, read_at, errors)
                 objects += len(page)
-                cursor = str(page[-1]["id"]) if page else cursor
+                cursor = str(listed[-1]["id"]) if listed else cursor
                 if not done:
-                    reading.passed(page)
+                    reading.passed(listed)
                     if reading.split_wanted:
                         older = reading.split()
                     if older is not None:
@@ -408,6 +432,13 @@ class _Backfill:
             self.progress.advance(kind, len(page))
             if self.stopping.is_set():
                 return
+
+    def within_bounds(self, stream: Stream, listed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The page as windows would have held it: a list read whole keeps what `--since` and the run's start allow."""
+        if not stream.read_whole:
+            return listed
+        low, high = self.bounds
+        return [obj for obj in listed if low <= int(obj.get("created") or 0) < high]
 
     def complete_lines(self, api: StripeAPI, invoice: dict[str, Any], errors: list[str]) -> bool:
         """Put every line in the invoice (Stripe embeds the first 10); False when they cannot be read."""

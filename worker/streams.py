@@ -4,6 +4,11 @@ The catalog (products, prices, coupons) is read whole; customers,
 subscriptions and invoices are cut into `created` windows read at the same
 time. A stream's name (`invoices:2024-01-01T00:00:00Z..2024-02-15T09:30:00Z`)
 is its checkpoint's key, so a resumed run reads exactly what it planned.
+
+Stripe filters every big list by `created`; some stand-ins for it do not
+(localstripe answers `Unexpected created`). A listing refused its windows is
+read whole, in one stream named after it (`customers`), and its objects are
+kept only if its windows would have held them.
 """
 
 from __future__ import annotations
@@ -72,6 +77,11 @@ class Stream:
     created_lt: int | None = None
 
     @property
+    def read_whole(self) -> bool:
+        """A windowed listing read without `created` filters, because they were refused."""
+        return self.listing.windowed and self.created_gte is None
+
+    @property
     def name(self) -> str:
         if self.created_gte is None or self.created_lt is None:
             return self.listing.stream
@@ -120,7 +130,8 @@ def ready_from(streams: Sequence[Stream], read: set[str]) -> datetime | None:
 
     Nothing a customer has (subscription, invoice) is older than the customer,
     so the history of a customer created then or later is all stored. The
-    catalog comes first: history prices its invoices' lines.
+    catalog comes first: history prices its invoices' lines. A listing read
+    whole holds nothing back once read, and everything until then.
     """
     if any(not stream.listing.windowed and stream.name not in read for stream in streams):
         return None
@@ -130,6 +141,10 @@ def ready_from(streams: Sequence[Stream], read: set[str]) -> datetime | None:
             (stream for stream in streams if stream.listing.stream == listing.stream),
             key=lambda stream: -(stream.created_gte or 0),
         )
+        if any(stream.read_whole for stream in own):
+            if any(stream.name not in read for stream in own):
+                return None
+            continue
         reach: int | None = None
         for stream in own:
             if stream.name not in read:

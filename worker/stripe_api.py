@@ -17,6 +17,7 @@ buckets every process of this deployment shares.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, cast
@@ -51,6 +52,31 @@ class StripeUnavailable(RuntimeError):
 
 class NoSuchObject(StripeUnavailable):
     """Stripe answered 404: it has no such object (never had, or deleted it)."""
+
+
+class ParameterRefused(StripeUnavailable):
+    """Stripe answered 400 naming a parameter of the request: it does not take it (here, or at all)."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+        """The parameter's name without its keys: `created` for `created[gte]`."""
+
+
+_REFUSED_PARAMETER = re.compile(r"^(?:Unexpected|Received unknown parameter:)\s+([\w\[\].]+)")
+"""How Stripe ("Received unknown parameter: x") and stand-ins such as localstripe ("Unexpected x")
+name a parameter they refuse when the error carries no `param`."""
+
+
+def _refused_parameter(exc: stripe.InvalidRequestError) -> str | None:
+    """The root name of the parameter a 400 answer refuses, if it names one."""
+    if exc.http_status != 400:
+        return None
+    named = exc.param if isinstance(exc.param, str) and exc.param else None
+    if named is None:
+        found = _REFUSED_PARAMETER.match(exc.user_message or "")
+        named = found[1] if found else None
+    return named.split("[", 1)[0] if named else None
 
 
 class StripeAPI:
@@ -94,8 +120,11 @@ class StripeAPI:
                 wait *= 2
                 continue
             except stripe.InvalidRequestError as exc:
-                refused = NoSuchObject if exc.http_status == 404 else StripeUnavailable
-                raise refused(f"Stripe refused GET {path}: {exc.user_message or exc.http_status}") from None
+                message = f"Stripe refused GET {path}: {exc.user_message or exc.http_status}"
+                param = _refused_parameter(exc)
+                if param is not None:
+                    raise ParameterRefused(message, param) from None
+                raise (NoSuchObject if exc.http_status == 404 else StripeUnavailable)(message) from None
             except stripe.AuthenticationError:
                 raise StripeUnavailable("Stripe rejected STRIPE_API_KEY") from None
             except stripe.StripeError as exc:

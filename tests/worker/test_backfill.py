@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import multiprocessing
 import os
 import signal
@@ -45,6 +46,7 @@ from worker.backfill import backfill as run_backfill
 from worker.cli import main
 from worker.history import HISTORY_STREAM, HistoryFailed, HistoryProcess, HistoryProgress, HistoryRebuild
 from worker.progress import LogProgress
+from worker.streams import CATALOG, CUSTOMERS, INVOICES, SUBSCRIPTIONS, Stream, ready_from
 from worker.stripe_api import StripeUnavailable
 
 # --- a small account --------------------------------------------------------------------------
@@ -308,10 +310,15 @@ def test_every_list_is_read_with_what_the_mrr_rules_need_expanded(
     }
     assert all(len(value.split(".")) <= 4 for values in expansions.values() for value in values), "Stripe's depth limit"
     assert {query["status"] for query in stripe.calls("/v1/subscriptions")} == {"all"}
-    # Pages of 100, but for the one-object pages that find when the oldest customer was created.
+    # Pages of 100, but for the one-object pages that find when the oldest customer was created
+    # and whether each big list takes `created` windows.
     probes = [query for path, query in stripe.requests if query["limit"] == "1"]
     assert probes and all("starting_after" not in query for query in probes)
-    assert {path for path, query in stripe.requests if query["limit"] == "1"} == {"/v1/customers"}
+    assert {path for path, query in stripe.requests if query["limit"] == "1"} == {
+        "/v1/customers",
+        "/v1/subscriptions",
+        "/v1/invoices",
+    }
     assert all(query["limit"] == "100" for _, query in stripe.requests if query not in probes)
     # Canceled subscriptions are read too (status=all), and kept with their discounts.
     assert set(stored(db, "subscription")) == {"sub_1", "sub_2"}
@@ -384,7 +391,8 @@ def test_the_newest_windows_are_read_first(db: Database, config: Settings, strip
     history_account(stripe)
     report = run_backfill(db, config, threads=1)
     assert report.status is RunStatus.OK, report.errors
-    starts = [int(query["created[gte]"]) for path, query in stripe.requests if path == "/v1/invoices"]
+    pages = [query for path, query in stripe.requests if path == "/v1/invoices" and query["limit"] == "100"]
+    starts = [int(query["created[gte]"]) for query in pages]
     assert len(starts) > 1
     assert starts == sorted(starts, reverse=True)
 
@@ -467,7 +475,8 @@ def hold_the_2024_invoices_until_history_moves(db: Database, stripe: FakeStripe)
 
     def hold(path: str, query: dict[str, str]) -> None:
         window = int(query.get("created[gte]", 0)), int(query.get("created[lt]", 0))
-        if path != "/v1/invoices" or rebuilt_meanwhile or not window[0] <= ts(utc(3, 1)) < window[1]:
+        probe = query.get("limit") == "1"  # asked while planning, before any history
+        if path != "/v1/invoices" or probe or rebuilt_meanwhile or not window[0] <= ts(utc(3, 1)) < window[1]:
             return
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -845,3 +854,68 @@ def test_a_run_is_resumed_only_with_the_api_version_it_read_with(
     with db.session() as session:
         runs = {run.id: (run.status, run.stripe_api_version) for run in session.scalars(select(SyncRun))}
     assert sorted(runs.values()) == [("failed", config.stripe_api_version), ("ok", "2024-09-30.acacia")]
+
+
+# --- a stand-in for Stripe without `created` filters (localstripe) ----------------------------
+
+UNEXPECTED_CREATED = {"error": {"message": "Unexpected created", "type": "invalid_request_error"}}
+
+
+def refuse_created_filters(stripe: FakeStripe) -> None:
+    """Every request with a `created[…]` filter is answered 400, as localstripe answers it."""
+    for path in ("/v1/customers", "/v1/subscriptions", "/v1/invoices"):
+        stripe.fail(
+            path,
+            status=400,
+            body=UNEXPECTED_CREATED,
+            when=lambda query: any(key.startswith("created[") for key in query),
+            times=1_000_000,
+        )
+
+
+def test_a_list_refused_its_created_windows_is_read_whole_with_every_object(
+    db: Database, config: Settings, stripe: FakeStripe, caplog: pytest.LogCaptureFixture
+) -> None:
+    history_account(stripe)
+    stripe.add("customers", *customers(150))
+    windowed = run_backfill(db, config)
+    assert windowed.status is RunStatus.OK, windowed.errors
+    expected = outcome(db, windowed.run_id)
+    empty(db)
+    refuse_created_filters(stripe)
+    caplog.set_level(logging.WARNING, logger="subledger.backfill")
+
+    report = run_backfill(db, config)
+
+    assert report.status is RunStatus.OK, report.errors
+    assert (report.counts["customers"], report.counts["subscriptions"], report.counts["invoices"]) == (151, 2, 7)
+    assert outcome(db, report.run_id) == expected, "the same objects, histories and movements as with windows"
+    said = [record.getMessage() for record in caplog.records if "refuses `created` windows" in record.getMessage()]
+    assert [message.split(":")[0] for message in said] == ["customers", "subscriptions", "invoices"]
+    assert all("Unexpected created" in message for message in said)
+    with db.session() as session:
+        streams = {row.stream: row.done for row in session.scalars(select(SyncCheckpoint))}
+    big = {
+        name: done for name, done in streams.items() if name.split(":")[0] in {"customers", "subscriptions", "invoices"}
+    }
+    assert big == {"customers": True, "subscriptions": True, "invoices": True}, "one stream each, read whole"
+
+
+def test_a_list_read_whole_keeps_only_what_since_asks_for(db: Database, config: Settings, stripe: FakeStripe) -> None:
+    history_account(stripe)
+    refuse_created_filters(stripe)
+    report = run_backfill(db, config, since=datetime(2024, 6, 1, tzinfo=UTC))
+    assert report.status is RunStatus.OK, report.errors
+    assert set(stored(db, "subscription")) == {"sub_2"}
+    assert set(stored(db, "invoice")) == {"in_6"}
+    assert movements(db) == [("new", 1000, "2024-07-01", [f"backfill:{report.run_id}"])]
+
+
+def test_history_waits_for_a_list_read_whole_then_follows_the_windowed_ones() -> None:
+    catalog = [Stream(listing) for listing in CATALOG]
+    subscriptions = [Stream(SUBSCRIPTIONS, 0, 100), Stream(SUBSCRIPTIONS, 100, 200)]
+    invoices = [Stream(INVOICES, 0, 100), Stream(INVOICES, 100, 200)]
+    streams = [*catalog, Stream(CUSTOMERS), *subscriptions, *invoices]
+    read = {stream.name for stream in catalog} | {subscriptions[1].name, invoices[1].name}
+    assert ready_from(streams, read) is None, "a customer may still be anywhere in the list"
+    assert ready_from(streams, read | {"customers"}) == datetime.fromtimestamp(100, UTC)

@@ -7,7 +7,14 @@ import requests
 import responses
 
 from ledger.settings import DEFAULT_STRIPE_API_VERSION, Settings
-from worker.stripe_api import MAX_NETWORK_RETRIES, MAX_RATE_LIMIT_RETRIES, StripeAPI, StripeUnavailable
+from worker.stripe_api import (
+    MAX_NETWORK_RETRIES,
+    MAX_RATE_LIMIT_RETRIES,
+    NoSuchObject,
+    ParameterRefused,
+    StripeAPI,
+    StripeUnavailable,
+)
 
 BASE = "https://stripe.test"
 
@@ -73,6 +80,40 @@ def test_an_unknown_object_names_the_path(api: StripeAPI) -> None:
     responses.get(f"{BASE}/v1/prices/price_x", status=404, json=missing)
     with pytest.raises(StripeUnavailable, match="/v1/prices/price_x"):
         api.price("price_x")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param({"type": "invalid_request_error", "message": "Unexpected created"}, id="localstripe"),
+        pytest.param(
+            {
+                "type": "invalid_request_error",
+                "code": "parameter_unknown",
+                "param": "created[gte]",
+                "message": "Received unknown parameter: created[gte]",
+            },
+            id="Stripe",
+        ),
+    ],
+)
+@responses.activate
+def test_a_refused_parameter_is_named(api: StripeAPI, error: dict[str, str]) -> None:
+    responses.get(f"{BASE}/v1/customers", status=400, json={"error": error})
+    with pytest.raises(ParameterRefused) as caught:
+        api.get("/v1/customers", created={"gte": 1})
+    assert caught.value.param == "created"
+    assert str(caught.value).startswith("Stripe refused GET /v1/customers: ")
+
+
+@responses.activate
+def test_a_400_naming_no_parameter_is_a_plain_refusal(api: StripeAPI) -> None:
+    responses.get(
+        f"{BASE}/v1/customers", status=400, json={"error": {"type": "invalid_request_error", "message": "No"}}
+    )
+    with pytest.raises(StripeUnavailable) as caught:
+        api.get("/v1/customers")
+    assert not isinstance(caught.value, (ParameterRefused, NoSuchObject))
 
 
 def test_no_key_no_client() -> None:
