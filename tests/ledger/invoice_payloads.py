@@ -55,23 +55,38 @@ class CurrentShape:
     name = "current"
 
     def price(
-        self, unit_amount: int, price_id: str, product: str = "prod_plan", *, usage_type: str = "licensed"
+        self,
+        unit_amount: int,
+        price_id: str,
+        product: str = "prod_plan",
+        *,
+        usage_type: str = "licensed",
+        interval: str = "month",
     ) -> dict[str, Any]:
-        result = price(unit_amount, price_id=price_id, product=product)
+        result = price(unit_amount, interval, price_id=price_id, product=product)
         result["recurring"]["usage_type"] = usage_type
         return result
 
     def discount(
-        self, percent_off: int, *, discount_id: str, start: datetime, subscription_id: str = "sub_1"
+        self,
+        percent_off: int,
+        *,
+        discount_id: str,
+        start: datetime,
+        subscription_id: str = "sub_1",
+        coupon_id: str = "OFF20",
+        coupon_by_id: bool = False,
     ) -> dict[str, Any]:
+        """A discount; `coupon_by_id`: its coupon named only by id, as from 2025-09-30.clover on."""
         result = resource("discount")
+        whole = coupon(percent_off, coupon_id=coupon_id)
         result.update(
             id=discount_id,
             customer="cus_1",
             subscription=subscription_id,
             start=ts(start),
             end=None,
-            source={"type": "coupon", "coupon": coupon(percent_off)},
+            source={"type": "coupon", "coupon": coupon_id if coupon_by_id else whole},
         )
         return result
 
@@ -102,6 +117,7 @@ class CurrentShape:
         proration: bool,
         discounts: Sequence[Any] = (),
         discount_amounts: Sequence[DiscountAmount] = (),
+        invoice_item: str | None = None,
     ) -> dict[str, Any]:
         line = resource("line_item")
         line.update(
@@ -116,7 +132,7 @@ class CurrentShape:
             subscription=None,
         )
         details = {
-            "invoice_item": f"ii_{item_id}_{ts(start)}" if kind == "item" else None,
+            "invoice_item": f"ii_{item_id}_{ts(start)}" if kind == "item" else invoice_item,
             "proration": proration,
             "proration_details": {"credited_items": None},
             "subscription": subscription_id,
@@ -178,7 +194,10 @@ class CurrentShape:
         amount: int,
         item_id: str = "si_1",
         subscription_id: str = "sub_1",
+        invoice_item: str | None = None,
     ) -> dict[str, Any]:
+        """A proration line: a credit (amount < 0) for what was removed, a debit for what was added, from
+        `start`. `invoice_item`: the pending invoice item it bills (a proration billed on a later invoice)."""
         return self._line(
             "proration",
             rate,
@@ -189,7 +208,48 @@ class CurrentShape:
             item_id=item_id,
             subscription_id=subscription_id,
             proration=True,
+            invoice_item=invoice_item,
         )
+
+    def pending_item(
+        self,
+        invoice_item_id: str,
+        rate: Mapping[str, Any],
+        quantity: int,
+        *,
+        start: datetime,
+        end: datetime,
+        amount: int,
+        item_id: str = "si_1",
+        subscription_id: str = "sub_1",
+    ) -> dict[str, Any]:
+        """A proration invoice item not invoiced yet (`proration_behavior=create_prorations`)."""
+        return {
+            "id": invoice_item_id,
+            "object": "invoiceitem",
+            "amount": amount,
+            "currency": "usd",
+            "customer": "cus_1",
+            "date": ts(start),
+            "description": f"{quantity} × {rate['id']}",
+            "discountable": True,
+            "discounts": [],
+            "invoice": None,
+            "livemode": False,
+            "metadata": {},
+            "parent": {
+                "type": "subscription_details",
+                "subscription_details": {"subscription": subscription_id, "subscription_item": item_id},
+            },
+            "period": {"start": ts(start), "end": ts(end)},
+            "pricing": {
+                "type": "price_details",
+                "price_details": {"price": rate["id"], "product": rate.get("product")},
+                "unit_amount_decimal": str(rate.get("unit_amount")),
+            },
+            "proration": True,
+            "quantity": quantity,
+        }
 
     def invoice_item_line(
         self, rate: Mapping[str, Any], *, start: datetime, amount: int, subscription_id: str = "sub_1"
@@ -216,6 +276,7 @@ class CurrentShape:
         status: str = "paid",
         discounts: Sequence[dict[str, Any]] = (),
         expand_discounts: bool = True,
+        billing_reason: str = "subscription_cycle",
     ) -> dict[str, Any]:
         """An invoice; `discounts` apply to the whole invoice, expanded unless `expand_discounts` is false."""
         result = resource("invoice")
@@ -226,7 +287,7 @@ class CurrentShape:
             created=ts(created),
             customer="cus_1",
             status=status,
-            billing_reason="subscription_cycle",
+            billing_reason=billing_reason,
             discounts=[entry if expand_discounts else entry["id"] for entry in discounts],
             subscription=None,
         )
@@ -249,13 +310,19 @@ class Shape2020(CurrentShape):
     name = "2020"
 
     def price(
-        self, unit_amount: int, price_id: str, product: str = "prod_plan", *, usage_type: str = "licensed"
+        self,
+        unit_amount: int,
+        price_id: str,
+        product: str = "prod_plan",
+        *,
+        usage_type: str = "licensed",
+        interval: str = "month",
     ) -> dict[str, Any]:
         template: dict[str, Any] = _line_2020()["price"]
         template.update(
             id=price_id, product=product, unit_amount=unit_amount, unit_amount_decimal=str(unit_amount), active=True
         )
-        template["recurring"]["usage_type"] = usage_type
+        template["recurring"].update(usage_type=usage_type, interval=interval)
         return template
 
     @staticmethod
@@ -269,13 +336,24 @@ class Shape2020(CurrentShape):
             amount_decimal=str(rate["unit_amount"]),
             active=True,
             usage_type=rate["recurring"]["usage_type"],
+            interval=rate["recurring"]["interval"],
         )
         return template
 
     def discount(
-        self, percent_off: int, *, discount_id: str, start: datetime, subscription_id: str = "sub_1"
+        self,
+        percent_off: int,
+        *,
+        discount_id: str,
+        start: datetime,
+        subscription_id: str = "sub_1",
+        coupon_id: str = "OFF20",
+        coupon_by_id: bool = False,
     ) -> dict[str, Any]:
-        result = super().discount(percent_off, discount_id=discount_id, start=start, subscription_id=subscription_id)
+        """A discount with its whole coupon inside (a 2020 discount never names it by id)."""
+        result = super().discount(
+            percent_off, discount_id=discount_id, start=start, subscription_id=subscription_id, coupon_id=coupon_id
+        )
         result["coupon"] = result.pop("source")["coupon"]
         return result
 
@@ -343,6 +421,7 @@ class Shape2020(CurrentShape):
         proration: bool,
         discounts: Sequence[Any] = (),
         discount_amounts: Sequence[DiscountAmount] = (),
+        invoice_item: str | None = None,
     ) -> dict[str, Any]:
         line = _line_2020()
         line.update(
@@ -363,8 +442,36 @@ class Shape2020(CurrentShape):
             type="subscription" if kind == "period" else "invoiceitem",
         )
         if kind != "period":
-            line["invoice_item"] = f"ii_{item_id}_{ts(start)}"
+            line["invoice_item"] = invoice_item or f"ii_{item_id}_{ts(start)}"
         return line
+
+    def pending_item(
+        self,
+        invoice_item_id: str,
+        rate: Mapping[str, Any],
+        quantity: int,
+        *,
+        start: datetime,
+        end: datetime,
+        amount: int,
+        item_id: str = "si_1",
+        subscription_id: str = "sub_1",
+    ) -> dict[str, Any]:
+        result = super().pending_item(
+            invoice_item_id,
+            rate,
+            quantity,
+            start=start,
+            end=end,
+            amount=amount,
+            item_id=item_id,
+            subscription_id=subscription_id,
+        )
+        del result["parent"], result["pricing"]
+        result.update(
+            price=copy.deepcopy(rate), plan=self.plan(rate), subscription=subscription_id, subscription_item=item_id
+        )
+        return result
 
     def invoice(
         self,
@@ -375,12 +482,14 @@ class Shape2020(CurrentShape):
         status: str = "paid",
         discounts: Sequence[dict[str, Any]] = (),
         expand_discounts: bool = True,
+        billing_reason: str = "subscription_cycle",
     ) -> dict[str, Any]:
         """An invoice; a whole-invoice discount is the singular `discount` (expanded) and listed by id."""
         result: dict[str, Any] = copy.deepcopy(event_2020("invoice_paid")["data"]["object"])
         result.update(
             id=invoice_id,
             created=ts(created),
+            billing_reason=billing_reason,
             customer="cus_1",
             status=status,
             paid=status == "paid",
@@ -428,12 +537,13 @@ SCENARIO_CANCELED_AT = utc(8, 15, 10)
 
 
 def backfill_scenario(shape: CurrentShape) -> BackfillScenario:
-    """$50 × 1 from January; $100 plan from March (upgraded 20 February with prorations);
-    quantity 2 from May; a 20%-forever coupon from June; canceled 15 August; a new
-    subscription at $50 from October.
+    """$50 × 1 from January; $100 plan from 20 February (the upgrade's proration pair, invoiced
+    at once, dates it); quantity 2 from May; a 20%-forever coupon applied on 20 May (first
+    invoiced in June; the discount's `start` dates it); canceled 15 August; a new subscription
+    at $50 from October.
 
-    Movements: new +5000 (Jan), expansion +5000 (Mar), expansion +10000 (May),
-    contraction −4000 (Jun), churn −16000 (15 Aug), reactivation +5000 (Oct).
+    Movements: new +5000 (Jan), expansion +5000 (20 Feb), expansion +10000 (May),
+    contraction −4000 (20 May), churn −16000 (15 Aug), reactivation +5000 (Oct).
     """
     basic, pro = shape.price(5000, "price_basic", "prod_basic"), shape.price(10000, "price_pro", "prod_pro")
     coupon_20 = shape.discount(20, discount_id="di_20", start=utc(5, 20))
@@ -451,6 +561,7 @@ def backfill_scenario(shape: CurrentShape) -> BackfillScenario:
         shape.proration_line(basic, 1, start=utc(2, 20, 14), end=utc(3, 1, 9), amount=-1552),
         shape.proration_line(pro, 1, start=utc(2, 20, 14), end=utc(3, 1, 9), amount=3103),
         created=utc(2, 20, 14),
+        billing_reason="subscription_update",
     )
     first = [
         monthly(1, basic, 1),

@@ -18,19 +18,21 @@ from hypothesis import strategies as st
 from ledger.history import (
     HistoricalVersion,
     PriceLookup,
-    _billed_signature,
-    _latest_billing,
+    _history,
+    _id,
     _rate_reader,
+    _Reader,
     _signature,
-    _version_payload,
     invoice_fields,
     reconstruct,
 )
 from ledger.movements import MovementType, customer_movements
 from ledger.mrr import UnresolvedStripeObject, subscription_mrr
+from ledger.resolve import resolve_subscription
 from ledger.settings import RuleSettings
 from ledger.timeline import Snapshot, subscription_changes
 from tests.ledger.invoice_payloads import (
+    API_2020,
     CURRENT,
     SCENARIO_CANCELED_AT,
     SHAPES,
@@ -38,7 +40,7 @@ from tests.ledger.invoice_payloads import (
     backfill_scenario,
     price_lookup,
 )
-from tests.ledger.subscription_payloads import utc
+from tests.ledger.subscription_payloads import ts, utc
 
 READ_AT = utc(6, 15, 12)
 """When the current subscription is read, unless a case says otherwise."""
@@ -66,6 +68,7 @@ class Case:
     expected: list[Outline]
     prices: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     read_at: datetime = READ_AT
+    invoice_items: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Plans:
@@ -113,25 +116,141 @@ def current_at(at: datetime, status: str, rate_id: str = "price_basic", quantity
 # --- The rules, one case each ----------------------------------------------------------------
 
 
-def proration_lines_ignored(plans: Plans) -> Case:
+def upgrade_prorations(plans: Plans, *, invoice_items: bool = False) -> list[dict[str, Any]]:
+    """The credit for basic and the debit for pro of an upgrade on 20 February, 14:00."""
+    shape, mid_period, period_end = plans.shape, utc(2, 20, 14), utc(3, 1, 9)
+    credit = {"start": mid_period, "end": period_end, "amount": -1552}
+    debit = {"start": mid_period, "end": period_end, "amount": 3103}
+    if invoice_items:
+        return [
+            shape.pending_item("ii_credit", plans.basic, 1, **credit),
+            shape.pending_item("ii_debit", plans.pro, 1, **debit),
+        ]
+    return [
+        shape.proration_line(plans.basic, 1, **credit, invoice_item="ii_credit"),
+        shape.proration_line(plans.pro, 1, **debit, invoice_item="ii_debit"),
+    ]
+
+
+def pro_from(at: datetime, source: str, quantity: int = 1) -> Outline:
+    return (at, source, "active", (("price_pro", quantity),))
+
+
+def proration_pair_dates_the_change(plans: Plans) -> Case:
     shape = plans.shape
-    mid_period = utc(2, 20, 14)
-    standalone = shape.invoice(
-        "in_upgrade",
-        shape.proration_line(plans.basic, 1, start=mid_period, end=utc(3, 1, 9), amount=-1552),
-        shape.proration_line(plans.pro, 1, start=mid_period, end=utc(3, 1, 9), amount=3103),
-        created=mid_period,
+    at_once = shape.invoice(
+        "in_upgrade", *upgrade_prorations(plans), created=utc(2, 20, 14), billing_reason="subscription_update"
     )
     march = plans.renewal("in_mar", 3, plans.pro)
-    # Prorations left pending land on the next renewal invoice, beside its period line.
+    # A debit for what the item already is changes nothing.
     march["lines"]["data"].insert(
         0, shape.proration_line(plans.pro, 1, start=utc(2, 25), end=utc(3, 1, 9), amount=700, item_id="si_1")
     )
     return plans.case(
         plans.current(plans.pro),
-        [plans.renewal("in_jan", 1, plans.basic), plans.renewal("in_feb", 2, plans.basic), standalone, march],
-        [basic_in("in_jan", 1), (utc(3, 1, 9), "invoice:in_mar", "active", (("price_pro", 1),))],
+        [plans.renewal("in_jan", 1, plans.basic), plans.renewal("in_feb", 2, plans.basic), at_once, march],
+        [basic_in("in_jan", 1), pro_from(utc(2, 20, 14), "invoice:in_upgrade")],
     )
+
+
+def prorations_billed_on_the_next_invoice_date_the_change(plans: Plans) -> Case:
+    march = plans.renewal("in_mar", 3, plans.pro)
+    march["lines"]["data"][:0] = upgrade_prorations(plans)
+    return plans.case(
+        plans.current(plans.pro),
+        [plans.renewal("in_jan", 1, plans.basic), plans.renewal("in_feb", 2, plans.basic), march],
+        [basic_in("in_jan", 1), pro_from(utc(2, 20, 14), "invoice:in_mar")],
+    )
+
+
+def pending_invoice_items_date_the_change(plans: Plans) -> Case:
+    case = plans.case(
+        plans.current(plans.pro),
+        [plans.renewal("in_jan", 1, plans.basic), plans.renewal("in_feb", 2, plans.basic)],
+        [basic_in("in_jan", 1), pro_from(utc(2, 20, 14), "invoiceitem:ii_debit")],
+    )
+    case.invoice_items = upgrade_prorations(plans, invoice_items=True)
+    return case
+
+
+def two_changes_in_one_instant(plans: Plans) -> Case:
+    shape, at, period_end = plans.shape, utc(2, 20, 14), utc(3, 1, 9)
+    both = shape.invoice(
+        "in_changes",
+        shape.proration_line(plans.basic, 1, start=at, end=period_end, amount=-1552),
+        shape.proration_line(plans.pro, 1, start=at, end=period_end, amount=3103),
+        shape.proration_line(plans.pro, 1, start=at, end=period_end, amount=-3103),
+        shape.proration_line(plans.pro, 2, start=at, end=period_end, amount=6207),
+        created=at,
+        billing_reason="subscription_update",
+    )
+    return plans.case(
+        plans.current(plans.pro, 2),
+        [plans.renewal("in_jan", 1, plans.basic), plans.renewal("in_feb", 2, plans.basic), both],
+        [basic_in("in_jan", 1), pro_from(at, "invoice:in_changes", quantity=2)],
+    )
+
+
+def item_removed_by_a_credit(plans: Plans) -> Case:
+    shape, at = plans.shape, utc(2, 20, 14)
+    invoices = []
+    for month in (1, 2):
+        invoice = plans.renewal(f"in_{month}", month, plans.basic)
+        invoice["lines"]["data"].append(shape.period_line(plans.pro, start=utc(month, 1, 9), item_id="si_addon"))
+        invoices.append(invoice)
+    removal = shape.invoice(
+        "in_removal",
+        shape.proration_line(plans.pro, 1, start=at, end=utc(3, 1, 9), amount=-3103, item_id="si_addon"),
+        created=at,
+        billing_reason="subscription_update",
+    )
+    expected = [
+        (utc(1, 1, 9), "invoice:in_1", "active", (("price_basic", 1), ("price_pro", 1))),
+        (at, "invoice:in_removal", "active", (("price_basic", 1),)),
+    ]
+    return plans.case(plans.current(plans.basic), [*invoices, removal], expected)
+
+
+def uninvoiced_change_dated_at_the_next_invoice(plans: Plans) -> Case:
+    # Three seats from 10 February with proration_behavior=none: only March's invoice shows it.
+    invoices = [
+        plans.renewal("in_jan", 1, plans.basic),
+        plans.renewal("in_feb", 2, plans.basic),
+        plans.renewal("in_mar", 3, plans.basic, 3),
+    ]
+    return plans.case(plans.current(plans.basic, 3), invoices, [basic_in("in_jan", 1), basic_in("in_mar", 3, 3)])
+
+
+def item_ends_with_its_billed_period(plans: Plans) -> Case:
+    # The add-on was removed on 10 February with proration_behavior=none: its period ends on 1 March.
+    shape = plans.shape
+    invoices = []
+    for month in (1, 2):
+        invoice = plans.renewal(f"in_{month}", month, plans.basic)
+        invoice["lines"]["data"].append(shape.period_line(plans.pro, start=utc(month, 1, 9), item_id="si_addon"))
+        invoices.append(invoice)
+    invoices.append(plans.renewal("in_3", 3, plans.basic))
+    expected = [
+        (utc(1, 1, 9), "invoice:in_1", "active", (("price_basic", 1), ("price_pro", 1))),
+        basic_in("in_3", 3),
+    ]
+    return plans.case(plans.current(plans.basic), invoices, expected)
+
+
+def interval_switch_invoiced_at_once(plans: Plans) -> Case:
+    shape, at = plans.shape, utc(2, 10, 11)
+    yearly = shape.price(50000, "price_basic_yearly", "prod_basic", interval="year")
+    plans.prices = price_lookup(plans.basic, plans.pro, yearly)
+    switch = shape.invoice(
+        "in_switch",
+        shape.proration_line(plans.basic, 1, start=at, end=utc(3, 1, 9), amount=-1121),
+        shape.period_line(yearly, start=at, end=utc(2, 10, 11, year=2025)),
+        created=at,
+        billing_reason="subscription_update",
+    )
+    expected = [basic_in("in_jan", 1), (at, "invoice:in_switch", "active", (("price_basic_yearly", 1),))]
+    invoices = [plans.renewal("in_jan", 1, plans.basic), plans.renewal("in_feb", 2, plans.basic), switch]
+    return plans.case(plans.current(yearly), invoices, expected)
 
 
 def metered_usage_rides_with_its_invoice(plans: Plans) -> Case:
@@ -313,7 +432,17 @@ def no_invoices_gives_current_only(plans: Plans) -> Case:
 
 
 RULES = [
-    pytest.param(proration_lines_ignored, id="proration lines ignored"),
+    pytest.param(proration_pair_dates_the_change, id="a proration pair dates the change at its period start"),
+    pytest.param(
+        prorations_billed_on_the_next_invoice_date_the_change,
+        id="prorations billed on the next invoice date the change",
+    ),
+    pytest.param(pending_invoice_items_date_the_change, id="pending proration invoice items date the change"),
+    pytest.param(two_changes_in_one_instant, id="two changes in one instant: a credit and a debit of one price cancel"),
+    pytest.param(item_removed_by_a_credit, id="a credit alone removes its item"),
+    pytest.param(uninvoiced_change_dated_at_the_next_invoice, id="an uninvoiced change is dated at the next invoice"),
+    pytest.param(item_ends_with_its_billed_period, id="an item no longer on the subscription ends with its period"),
+    pytest.param(interval_switch_invoiced_at_once, id="an interval switch is dated at its own invoice"),
     pytest.param(invoice_items_ignored, id="invoice items and one-off lines ignored"),
     pytest.param(metered_usage_rides_with_its_invoice, id="metered usage billed in arrears makes no period"),
     pytest.param(draft_and_void_ignored, id="draft and void invoices ignored"),
@@ -337,16 +466,22 @@ RULES = [
 
 
 def rebuild(case: Case) -> list[HistoricalVersion]:
-    return reconstruct(case.subscription, case.invoices, prices=case.prices.get, read_at=case.read_at)
+    return reconstruct(
+        case.subscription,
+        case.invoices,
+        prices=case.prices.get,
+        read_at=case.read_at,
+        invoice_items=case.invoice_items,
+    )
 
 
 def assert_shortcuts_agree(current: Mapping[str, Any], invoices: list[dict[str, Any]], prices: PriceLookup) -> None:
     """The signature compared before a version is built is the built version's, and
     the invoices cut to `invoice_fields` give the same history."""
-    rates = _rate_reader(prices, current)
-    billings = _latest_billing(str(current["id"]), invoices, rates)
-    for billed in billings:
-        assert _billed_signature(current, billed, rates) == _signature(_version_payload(current, billed, rates))
+    reader = _Reader(current, _rate_reader(prices, current), {})
+    for moment in _history(reader, invoices, (), end=READ_AT):
+        payload = reader.payload(moment.status, moment.trial, moment.state)
+        assert reader.signature(moment.status, moment.state) == _signature(payload)
     fields = [invoice_fields(invoice) for invoice in invoices]
     assert reconstruct(current, fields, prices=prices, read_at=READ_AT) == reconstruct(
         current, invoices, prices=prices, read_at=READ_AT
@@ -508,9 +643,9 @@ def test_backfill_scenario_movements(shape: CurrentShape) -> None:
         assert_shortcuts_agree(subscription, list(scenario.invoices), scenario.prices.get)
     assert [(version.observed_at, version.source) for version in histories["sub_1"]] == [
         (utc(1, 1, 9), "invoice:in_2024_01"),
-        (utc(3, 1, 9), "invoice:in_2024_03"),
+        (utc(2, 20, 14), "invoice:in_2024_02_upgrade"),
         (utc(5, 1, 9), "invoice:in_2024_05"),
-        (utc(6, 1, 9), "invoice:in_2024_06"),
+        (utc(5, 20), "invoice:in_2024_06"),
         (SCENARIO_CANCELED_AT, "current"),
     ]
     assert [(version.observed_at, version.source) for version in histories["sub_2"]] == [
@@ -532,9 +667,9 @@ def test_backfill_scenario_movements(shape: CurrentShape) -> None:
     movements = customer_movements(subscription_changes(snapshots, rules, until=scenario.read_at), rules)
     assert [(movement.day, movement.type, movement.amount) for movement in movements] == [
         (date(2024, 1, 1), MovementType.NEW, 5000),
-        (date(2024, 3, 1), MovementType.EXPANSION, 5000),
+        (date(2024, 2, 20), MovementType.EXPANSION, 5000),
         (date(2024, 5, 1), MovementType.EXPANSION, 10000),
-        (date(2024, 6, 1), MovementType.CONTRACTION, -4000),
+        (date(2024, 5, 20), MovementType.CONTRACTION, -4000),
         (date(2024, 8, 15), MovementType.CHURN, -16000),
         (date(2024, 10, 1), MovementType.REACTIVATION, 5000),
     ]
@@ -571,3 +706,378 @@ def test_invoice_order_does_not_matter(shape: CurrentShape, data: st.DataObject)
     order = data.draw(st.permutations(range(len(invoices))))
     shuffled = [copy.deepcopy(invoices[index]) for index in order]
     assert reconstruct(current, shuffled, prices=prices.get, read_at=READ_AT) == expected
+
+
+# --- Every billed change, dated when it happened (mrr-rules.md §10) ------------------------------
+
+
+def valued(versions: list[HistoricalVersion], until: datetime) -> list[tuple[datetime, int]]:
+    """(instant, net MRR from then on) of one subscription's versions, as the timeline values them."""
+    snapshots = [
+        Snapshot("sub_1", "cus_1", version.observed_at, 0, "backfill:run1", version.subscription)
+        for version in versions
+    ]
+    return [(change.at, change.net) for change in subscription_changes(snapshots, RuleSettings(), until=until)]
+
+
+def movements_of(versions: list[HistoricalVersion], until: datetime) -> list[tuple[date, MovementType, int]]:
+    snapshots = [
+        Snapshot("sub_1", "cus_1", version.observed_at, 0, "backfill:run1", version.subscription)
+        for version in versions
+    ]
+    rules = RuleSettings()
+    changes = subscription_changes(snapshots, rules, until=until)
+    return [(movement.day, movement.type, movement.amount) for movement in customer_movements(changes, rules)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda shape: shape.name)
+def test_prorated_change_on_a_yearly_plan_is_dated_at_the_change(shape: CurrentShape) -> None:
+    """30 seats at 80.00/yr → 1 seat at 490.00/yr on 28 Dec, invoiced at once: 40.83/mo from 28 Dec, not
+    200.00/mo until the subscription ends in July."""
+    seat = shape.price(8000, "price_seat", "prod_seat", interval="year")
+    single = shape.price(49000, "price_single", "prod_single", interval="year")
+    start, change, end = utc(7, 17, 10), utc(12, 28, 15), utc(7, 17, 10, year=2025)
+    created = shape.invoice(
+        "in_create",
+        shape.period_line(seat, 30, start=start, end=end, item_id="si_seats"),
+        created=start,
+        billing_reason="subscription_create",
+    )
+    changed = shape.invoice(
+        "in_change",
+        shape.proration_line(seat, 30, start=change, end=end, amount=-132058, item_id="si_seats"),
+        shape.proration_line(single, 1, start=change, end=end, amount=26962, item_id="si_single"),
+        created=change,
+        billing_reason="subscription_update",
+    )
+    current = shape.subscription(
+        (single, 1, "si_single"), start=start, status="canceled", canceled_at=utc(3, 1, year=2025), ended_at=end
+    )
+    read_at = utc(8, 1, year=2025)
+    versions = reconstruct(current, [changed, created], prices=price_lookup(seat, single).get, read_at=read_at)
+    assert outline(versions) == [
+        (start, "invoice:in_create", "active", (("price_seat", 30),)),
+        (change, "invoice:in_change", "active", (("price_single", 1),)),
+        (end, "current", "canceled", (("price_single", 1),)),
+    ]
+    assert valued(versions, read_at) == [(start, 20000), (change, 4083), (end, 0)]
+    assert movements_of(versions, read_at) == [
+        (date(2024, 7, 17), MovementType.NEW, 20000),
+        (date(2024, 12, 28), MovementType.CONTRACTION, -15917),
+        (date(2025, 7, 17), MovementType.CHURN, -4083),
+    ]
+
+
+def test_mixed_intervals_each_item_lasts_its_own_period() -> None:
+    """The yearly item is billed on January's invoice only: every month is 110.00, not 10.00 after January."""
+    annual = CURRENT.price(120000, "price_annual", "prod_annual", interval="year")
+    monthly = CURRENT.price(1000, "price_monthly", "prod_addon")
+    start = utc(1, 1, 9, year=2025)
+    invoices = [
+        CURRENT.invoice(
+            "in_01",
+            CURRENT.period_line(annual, start=start, end=utc(1, 1, 9, year=2026), item_id="si_year"),
+            CURRENT.period_line(monthly, start=start, item_id="si_month"),
+            created=start,
+            billing_reason="subscription_create",
+        ),
+        *(
+            CURRENT.invoice(
+                f"in_{month:02}",
+                CURRENT.period_line(monthly, start=utc(month, 1, 9, year=2025), item_id="si_month"),
+                created=utc(month, 1, 9, year=2025),
+            )
+            for month in range(2, 7)
+        ),
+    ]
+    current = CURRENT.subscription((annual, 1, "si_year"), (monthly, 1, "si_month"), start=start)
+    read_at = utc(6, 15, year=2025)
+    versions = reconstruct(current, invoices, prices=price_lookup(annual, monthly).get, read_at=read_at)
+    assert outline(versions) == [(start, "invoice:in_01", "active", (("price_annual", 1), ("price_monthly", 1)))]
+    assert valued(versions, read_at) == [(start, 11000)]
+
+
+def test_an_item_no_longer_on_the_subscription_lasts_until_its_billed_period_ends() -> None:
+    """A yearly item not renewed (the subscription no longer has it) counts until its year is over."""
+    annual = CURRENT.price(120000, "price_annual", "prod_annual", interval="year")
+    monthly = CURRENT.price(1000, "price_monthly", "prod_addon")
+    start, year_end = utc(1, 1, 9), utc(1, 1, 9, year=2025)
+    invoices = [
+        CURRENT.invoice(
+            "in_01",
+            CURRENT.period_line(annual, start=start, end=year_end, item_id="si_year"),
+            CURRENT.period_line(monthly, start=start, item_id="si_month"),
+            created=start,
+        ),
+        *(
+            CURRENT.invoice(
+                f"in_{index:02}",
+                CURRENT.period_line(monthly, start=at, item_id="si_month"),
+                created=at,
+            )
+            for index, at in enumerate((utc(month, 1, 9) for month in range(2, 13)), start=2)
+        ),
+        CURRENT.invoice("in_13", CURRENT.period_line(monthly, start=year_end, item_id="si_month"), created=year_end),
+    ]
+    current = CURRENT.subscription((monthly, 1, "si_month"), start=start)
+    read_at = utc(1, 15, year=2025)
+    versions = reconstruct(current, invoices, prices=price_lookup(annual, monthly).get, read_at=read_at)
+    assert outline(versions) == [
+        (start, "invoice:in_01", "active", (("price_annual", 1), ("price_monthly", 1))),
+        (year_end, "invoice:in_13", "active", (("price_monthly", 1),)),
+    ]
+    assert valued(versions, read_at) == [(start, 11000), (year_end, 1000)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda shape: shape.name)
+@pytest.mark.parametrize("trial_line", [True, False], ids=["with its zero-amount line", "its dates only"])
+def test_back_on_trial_keeps_the_paid_months(shape: CurrentShape, trial_line: bool) -> None:
+    """Paid January–October, on trial in November (flexible billing moved `trial_start`), paid again
+    from December: the ten paid months stay, and December is a reactivation, not a new customer."""
+    plans = Plans(shape)
+    invoices = [plans.renewal(f"in_{month:02}", month, plans.basic) for month in range(1, 11)]
+    if trial_line:
+        trial = shape.period_line(plans.basic, start=utc(11, 1, 9), end=utc(12, 1, 9), amount=0)
+        invoices.append(shape.invoice("in_trial", trial, created=utc(11, 1, 9), billing_reason="subscription_update"))
+    invoices.append(plans.renewal("in_12", 12, plans.basic))
+    current = plans.current(plans.basic, trial_start=utc(11, 1, 9), trial_end=utc(12, 1, 9))
+    read_at = utc(12, 15)
+    versions = reconstruct(current, invoices, prices=plans.prices.get, read_at=read_at)
+    assert outline(versions) == [
+        basic_in("in_01", 1),
+        basic_in("in_trial", 11, status="trialing")
+        if trial_line
+        else (utc(11, 1, 9), "current", "trialing", (("price_basic", 1),)),
+        basic_in("in_12", 12),
+    ]
+    assert [(v.subscription["trial_start"], v.subscription["trial_end"]) for v in versions] == [
+        (None, None),
+        (ts(utc(11, 1, 9)), ts(utc(12, 1, 9))),
+        (ts(utc(11, 1, 9)), ts(utc(12, 1, 9))),
+    ]
+    assert movements_of(versions, read_at) == [
+        (date(2024, 1, 1), MovementType.NEW, 5000),
+        (date(2024, 11, 1), MovementType.CHURN, -5000),
+        (date(2024, 12, 1), MovementType.REACTIVATION, 5000),
+    ]
+
+
+GONE = {"id": "SUMMER15", "object": "coupon", "deleted": True}
+"""What is known of a coupon Stripe has deleted (a 404 for it): its id."""
+
+
+def summer_invoices(shape: CurrentShape, plans: Plans, discount: dict[str, Any]) -> list[dict[str, Any]]:
+    """Pro at 100.00 a month with 15% off (15.00 on every invoice), April to June."""
+    return [
+        shape.invoice(
+            f"in_{month:02}",
+            shape.period_line(plans.pro, start=utc(month, 22, 9), amount=10000, discount_amounts=[(1500, "di_summer")]),
+            created=utc(month, 22, 9),
+            discounts=[discount],
+        )
+        for month in (4, 5, 6)
+    ]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda shape: shape.name)
+def test_a_coupon_stripe_deleted_is_valued_as_invoiced(shape: CurrentShape) -> None:
+    """A discount naming its coupon by id (2025-09-30.clover) whose coupon answers 404: the invoices say
+    it took 15.00 a month; nothing raises, and the discount keeps its id and dates."""
+    plans = Plans(shape)
+    discount = shape.discount(15, discount_id="di_summer", start=utc(4, 22, 9), coupon_id="SUMMER15", coupon_by_id=True)
+    current = shape.subscription((plans.pro, 1, "si_1"), start=utc(4, 22, 9), discounts=[discount])
+    versions = reconstruct(
+        current,
+        summer_invoices(shape, plans, discount),
+        prices=plans.prices.get,
+        read_at=utc(7, 1),
+        as_invoiced={"di_summer": GONE},
+    )
+    (version,) = versions
+    (valued_discount,) = version.subscription["discounts"]
+    coupon = valued_discount["coupon"] if shape is API_2020 else valued_discount["source"]["coupon"]
+    assert (valued_discount["id"], valued_discount["start"]) == ("di_summer", ts(utc(4, 22, 9)))
+    shown = ("id", "percent_off", "amount_off", "currency", "duration", "applies_to", "as_invoiced")
+    assert {key: coupon[key] for key in shown} == {
+        "id": "SUMMER15",
+        "percent_off": None,
+        "amount_off": 1500,
+        "currency": "usd",
+        "duration": "forever",
+        "applies_to": None,
+        "as_invoiced": ["in_04"],
+    }
+    resolved = resolve_subscription(version.subscription, lambda _: None)  # nothing left to look up
+    assert subscription_mrr(resolved, utc(6, 1), RuleSettings()).net == 8500
+
+
+def test_a_deleted_coupon_on_mixed_intervals_is_valued_per_item_interval() -> None:
+    """20% off a 1,200/yr item and a 10/mo item: 240.00 on January's invoice, 2.00 on each: 22.00 a month."""
+    annual = CURRENT.price(120000, "price_annual", "prod_annual", interval="year")
+    monthly = CURRENT.price(1000, "price_monthly", "prod_addon")
+    start = utc(1, 1, 9, year=2025)
+    discount = CURRENT.discount(20, discount_id="di_fall", start=start, coupon_id="FALL20", coupon_by_id=True)
+    invoices = [
+        CURRENT.invoice(
+            "in_01",
+            CURRENT.period_line(
+                annual,
+                start=start,
+                end=utc(1, 1, 9, year=2026),
+                item_id="si_year",
+                discount_amounts=[(24000, "di_fall")],
+            ),
+            CURRENT.period_line(monthly, start=start, item_id="si_month", discount_amounts=[(200, "di_fall")]),
+            created=start,
+            discounts=[discount],
+        ),
+        CURRENT.invoice(
+            "in_02",
+            CURRENT.period_line(
+                monthly, start=utc(2, 1, 9, year=2025), item_id="si_month", discount_amounts=[(200, "di_fall")]
+            ),
+            created=utc(2, 1, 9, year=2025),
+            discounts=[discount],
+        ),
+    ]
+    current = CURRENT.subscription((annual, 1, "si_year"), (monthly, 1, "si_month"), start=start, discounts=[discount])
+    versions = reconstruct(
+        current,
+        invoices,
+        prices=price_lookup(annual, monthly).get,
+        read_at=utc(2, 15, year=2025),
+        as_invoiced={"di_fall": {"id": "FALL20"}},
+    )
+    (version,) = versions
+    coupon = version.subscription["discounts"][0]["source"]["coupon"]
+    assert (coupon["amount_off"], coupon["applies_to"], coupon["as_invoiced"]) == (2200, None, ["in_01"])
+    assert subscription_mrr(version.subscription, utc(2, 2, year=2025), RuleSettings()).net == 8800
+
+
+def test_a_deleted_coupon_that_reduced_one_item_applies_to_its_product() -> None:
+    """A subscription-level 50% off the add-on only: the invoices show 5.00 off the add-on's line."""
+    plans = Plans(CURRENT)
+    addon = CURRENT.price(1000, "price_addon", "prod_addon")
+    discount = CURRENT.discount(50, discount_id="di_addon", start=utc(1, 1, 9), coupon_id="ADDON50", coupon_by_id=True)
+    invoice = CURRENT.invoice(
+        "in_jan",
+        CURRENT.period_line(plans.basic, start=utc(1, 1, 9)),
+        CURRENT.period_line(addon, start=utc(1, 1, 9), item_id="si_addon", discount_amounts=[(500, "di_addon")]),
+        created=utc(1, 1, 9),
+        discounts=[discount],
+    )
+    current = CURRENT.subscription((plans.basic, 1, "si_1"), (addon, 1, "si_addon"), start=utc(1, 1, 9))
+    (version, _) = reconstruct(
+        current,
+        [invoice],
+        prices=price_lookup(plans.basic, addon).get,
+        read_at=READ_AT,
+        as_invoiced={"di_addon": {"id": "ADDON50"}},
+    )
+    coupon = version.subscription["discounts"][0]["source"]["coupon"]
+    assert (coupon["amount_off"], coupon["applies_to"]) == (500, {"products": ["prod_addon"]})
+    assert subscription_mrr(version.subscription, utc(1, 2), RuleSettings()).net == 5500
+
+
+def test_a_discount_stripe_no_longer_has_is_valued_as_invoiced_on_its_item() -> None:
+    """An item's discount named only by id on the invoice line, removed since (no object anywhere)."""
+    plans = Plans(CURRENT)
+    line = CURRENT.period_line(
+        plans.pro, start=utc(1, 1, 9), amount=10000, discounts=["di_gone"], discount_amounts=[(2500, "di_gone")]
+    )
+    invoice = CURRENT.invoice("in_jan", line, created=utc(1, 1, 9))
+    (version, _) = reconstruct(
+        plans.current(plans.pro, 2), [invoice], prices=plans.prices.get, read_at=READ_AT, as_invoiced={"di_gone": {}}
+    )
+    (item,) = version.subscription["items"]["data"]
+    (discount,) = item["discounts"]
+    assert discount["id"] == "di_gone"
+    assert discount["source"]["coupon"]["amount_off"] == 2500
+    assert subscription_mrr(version.subscription, utc(1, 2), RuleSettings()).net == 7500
+
+
+def test_a_coupon_removed_by_hand_is_dated_at_the_next_invoice_without_it() -> None:
+    plans = Plans(CURRENT)
+    discount = CURRENT.discount(20, discount_id="di_20", start=utc(1, 1, 9))
+    invoices = []
+    for month, discounted in ((1, True), (2, True), (3, False)):
+        line = CURRENT.period_line(
+            plans.pro, start=utc(month, 1, 9), discount_amounts=[(2000, "di_20")] if discounted else []
+        )
+        invoices.append(
+            CURRENT.invoice(f"in_{month}", line, created=utc(month, 1, 9), discounts=[discount] if discounted else [])
+        )
+    versions = reconstruct(plans.current(plans.pro), invoices, prices=plans.prices.get, read_at=READ_AT)
+    assert [(v.observed_at, v.subscription["discounts"]) for v in versions] == [
+        (utc(1, 1, 9), [discount]),
+        (utc(3, 1, 9), []),
+    ]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda shape: shape.name)
+def test_a_coupon_applied_mid_period_is_dated_at_its_start(shape: CurrentShape) -> None:
+    """20% off from 10 February, first invoiced on 1 March: the discount's own `start` dates it."""
+    plans = Plans(shape)
+    discount = shape.discount(20, discount_id="di_20", start=utc(2, 10, 16))
+    march = shape.invoice(
+        "in_mar",
+        shape.period_line(plans.pro, start=utc(3, 1, 9), discount_amounts=[(2000, "di_20")]),
+        created=utc(3, 1, 9),
+        discounts=[discount],
+    )
+    invoices = [plans.renewal("in_jan", 1, plans.pro), plans.renewal("in_feb", 2, plans.pro), march]
+    current = shape.subscription((plans.pro, 1, "si_1"), start=utc(1, 1, 9), discounts=[discount])
+    versions = reconstruct(current, invoices, prices=plans.prices.get, read_at=READ_AT)
+    assert [(v.observed_at, v.source, [_id(d) for d in v.subscription["discounts"]]) for v in versions] == [
+        (utc(1, 1, 9), "invoice:in_jan", []),
+        (utc(2, 10, 16), "invoice:in_mar", ["di_20"]),
+    ]
+    assert valued(versions, READ_AT) == [(utc(1, 1, 9), 10000), (utc(2, 10, 16), 8000)]
+
+
+def test_a_coupon_no_invoice_shows_yet_is_dated_at_its_start_from_the_current_subscription() -> None:
+    """An item's coupon applied on 17 November with a swap invoiced by prorations (which carry no
+    discount): only the current subscription's item shows it, with its `start`."""
+    plans = Plans(CURRENT)
+    at = utc(11, 17, 15)
+    discount = CURRENT.discount(20, discount_id="di_item", start=at)
+    swap = CURRENT.invoice(
+        "in_swap",
+        CURRENT.proration_line(plans.basic, 1, start=at, end=utc(12, 1, 9), amount=-800),
+        CURRENT.proration_line(plans.pro, 1, start=at, end=utc(12, 1, 9), amount=1600),
+        created=at,
+        billing_reason="subscription_update",
+    )
+    current = CURRENT.subscription((plans.pro, 1, "si_1"), start=utc(11, 1, 9))
+    current["items"]["data"][0]["discounts"] = [discount]
+    read_at = utc(11, 25)
+    versions = reconstruct(
+        current, [plans.renewal("in_nov", 11, plans.basic), swap], prices=plans.prices.get, read_at=read_at
+    )
+    assert outline(versions) == [basic_in("in_nov", 11), pro_from(at, "invoice:in_swap")]
+    assert versions[-1].subscription["items"]["data"][0]["discounts"] == [discount]
+    assert valued(versions, read_at) == [(utc(11, 1, 9), 5000), (at, 8000)]
+
+
+def test_discounts_dated_back_keep_the_order_they_apply_in() -> None:
+    """A 50% coupon applied after a 5.00-off one is listed (and applied) first, as the record lists them."""
+    plans = Plans(CURRENT)
+    amount_off = CURRENT.discount(20, discount_id="di_amount", start=utc(1, 1, 9))
+    amount_off["source"]["coupon"].update(id="SAVE5", percent_off=None, amount_off=500, currency="usd")
+    half = CURRENT.discount(50, discount_id="di_half", start=utc(2, 10), coupon_id="HALF")
+    invoices = [
+        CURRENT.invoice(
+            f"in_{month}",
+            CURRENT.period_line(plans.pro, start=utc(month, 1, 9)),
+            created=utc(month, 1, 9),
+            discounts=discounts,
+        )
+        for month, discounts in ((1, [amount_off]), (2, [amount_off]), (3, [half, amount_off]))
+    ]
+    current = CURRENT.subscription((plans.pro, 1, "si_1"), start=utc(1, 1, 9), discounts=[half, amount_off])
+    versions = reconstruct(current, invoices, prices=plans.prices.get, read_at=READ_AT)
+    assert [[_id(d) for d in v.subscription["discounts"]] for v in versions] == [
+        ["di_amount"],
+        ["di_half", "di_amount"],
+    ]
+    assert valued(versions, READ_AT) == [(utc(1, 1, 9), 9500), (utc(2, 10), 4500)]

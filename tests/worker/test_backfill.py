@@ -103,11 +103,12 @@ def line(
     sub_id: str = "sub_1",
     quantity: int = 1,
     proration: bool = False,
+    amount: int | None = None,
 ) -> dict[str, Any]:
     return {
         "id": line_id,
         "object": "line_item",
-        "amount": rate["unit_amount"] * quantity,
+        "amount": rate["unit_amount"] * quantity if amount is None else amount,
         "currency": "usd",
         "period": {"start": ts(start), "end": ts(end)},
         "quantity": quantity,
@@ -151,8 +152,8 @@ def invoice(
 
 
 def history_account(stripe: FakeStripe) -> None:
-    """cus_1: basic from Jan 1, upgraded to pro (billed Feb 1), two seats (Mar 1), half off (Apr 1),
-    canceled May 15; back on basic with a second subscription on Jul 1."""
+    """cus_1: basic from Jan 1, upgraded to pro on Jan 15 (prorated), two seats (Mar 1), half off (from
+    Mar 20, first billed Apr 1), canceled May 15; back on basic with a second subscription on Jul 1."""
     half_off = discount("di_half", "HALF", utc(3, 20), "sub_1")
     stripe.add("products", product("prod_basic"), product("prod_pro"))
     # Basic is archived: listed only when asked for inactive prices.
@@ -175,11 +176,14 @@ def history_account(stripe: FakeStripe) -> None:
     stripe.add(
         "invoices",
         invoice("in_1", utc(1, 1), [line("il_1", BASIC, utc(1, 1), utc(2, 1))]),
-        # The upgrade's proration: not a billed period, it dates nothing.
+        # The upgrade on 15 January, invoiced at once: its proration pair dates it.
         invoice(
             "in_1p",
             utc(1, 15),
-            [line("il_1p", PRO, utc(1, 15), utc(2, 1), proration=True)],
+            [
+                line("il_1c", BASIC, utc(1, 15), utc(2, 1), proration=True, amount=-548),
+                line("il_1p", PRO, utc(1, 15), utc(2, 1), proration=True, amount=1645),
+            ],
         ),
         invoice("in_2", utc(2, 1), [line("il_2", PRO, utc(2, 1), utc(3, 1))]),
         invoice("in_3", utc(3, 1), [line("il_3", PRO, utc(3, 1), utc(4, 1), quantity=2)]),
@@ -264,9 +268,9 @@ def test_history_from_invoices_becomes_the_movements_webhooks_would_have_made(
     source = [f"backfill:{report.run_id}"]
     assert movements(db) == [
         ("new", 1000, "2024-01-01", source),
-        ("expansion", 2000, "2024-02-01", source),  # the upgrade, billed from the next period
+        ("expansion", 2000, "2024-01-15", source),  # the upgrade, dated by its prorations
         ("expansion", 3000, "2024-03-01", source),  # a second seat
-        ("contraction", -3000, "2024-04-01", source),  # half off
+        ("contraction", -3000, "2024-03-20", source),  # half off, from the discount's start
         ("churn", -3000, "2024-05-15", source),
         ("reactivation", 1000, "2024-07-01", source),  # a second subscription
     ]
