@@ -375,6 +375,7 @@ class _Backfill:
         self.report.counts.update(self.history.counts)
         room = MAX_ERRORS_KEPT - len(self.report.errors)
         self.report.errors.extend(self.history.errors[: max(room, 0)])
+        self.report.notes = list(self.history.notes)  # not errors: the run is ok with them
         return finish_run(self.db, self.report, status)
 
     def read_stream(self, reading: _Reading) -> None:

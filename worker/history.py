@@ -9,11 +9,15 @@ while the reading threads go on. It works from the database alone:
   invoice) is older than the customer, so once every window from a
   customer's `created` on is read, its history is whole.
 * Customers are taken newest first (`created`, then id), a batch per
-  transaction: their subscriptions and invoices are loaded from
-  `stripe_objects`, each subscription's past versions are reconstructed from
-  its invoices (`ledger.history.reconstruct`) and stored as snapshots with
-  the source `backfill:<run id>`, and the batch's ledgers are recomputed by the
-  same engine the webhooks use.
+  transaction: their subscriptions, invoices and stored proration invoice
+  items are loaded from `stripe_objects`, each subscription's past versions are
+  reconstructed from them (`ledger.history.reconstruct`) and stored as
+  snapshots with the source `backfill:<run id>`, and the batch's ledgers are
+  recomputed by the same engine the webhooks use.
+* A discount the history names whose coupon Stripe has deleted (it answers
+  404: `GET /v1/coupons/{id}`), or that Stripe no longer has at all, is valued
+  as invoiced (`reconstruct(as_invoiced=…)`): not an error, but a note of the
+  run, one per discount.
 * The customers to rebuild are listed in `backfill_customers`, with the
   subscription page that names them. Each batch marks its customers rebuilt
   and adds its counts and errors to the `history` checkpoint, in its own
@@ -43,16 +47,23 @@ from sqlalchemy.orm import Session
 
 from ledger.db import Database, commit_without_waiting_for_disk, utcnow
 from ledger.engine import recompute_customers
-from ledger.history import invoice_fields, invoice_subscription, reconstruct
+from ledger.history import (
+    invoice_fields,
+    invoice_item_subscription,
+    invoice_subscription,
+    named_discounts,
+    reconstruct,
+    unvalued_coupon,
+)
 from ledger.logs import configure_logging
 from ledger.models import BackfillCustomer, Customer, StripeObject, SyncCheckpoint
 from ledger.mrr import UnresolvedStripeObject
 from ledger.settings import Settings
-from ledger.state import SubscriptionVersion, UnusableEvent, record_subscriptions
+from ledger.state import SubscriptionVersion, UnusableEvent, record_object, record_subscriptions
 from worker.recompute import MissingStripeObject, recompute
 from worker.runs import MAX_ERRORS_KEPT, one_line, save_checkpoint
 from worker.streams import Stream, ready_from
-from worker.stripe_api import StripeAPI
+from worker.stripe_api import NoSuchObject, StripeAPI, StripeUnavailable
 
 log = logging.getLogger("subledger.backfill")
 
@@ -71,6 +82,12 @@ CLAIM_WAIT_S = 0.1
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 """Where a customer with no stored `created` sorts: last, once everything is read."""
 
+NOTE = "note: "
+"""Prefix of a note among the checkpoint's errors: something the run did that a person should know, no error."""
+
+AS_INVOICED = "discounts valued as invoiced"
+"""The count of the history's discounts valued from the invoices that applied them."""
+
 
 class HistoryFailed(RuntimeError):
     """The history process stopped; the message is its one-line reason."""
@@ -84,6 +101,8 @@ class HistoryProgress:
     counts: Counter[str] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
     done: bool = False
+    notes: list[str] = field(default_factory=list)
+    """What the run did that is no error but worth knowing (a discount valued as invoiced), each once."""
 
     @classmethod
     def load(cls, db: Database, run_id: str) -> HistoryProgress:
@@ -103,15 +122,20 @@ class HistoryProgress:
         if row is None or row.cursor is not None:
             # None yet, or a layout that kept a cursor: its customers are rebuilt again, which is harmless.
             return cls()
-        return cls(row.objects, Counter(row.counts or {}), list(row.errors or []), row.done)
+        # Notes share the errors' column, told apart by their prefix: one commit keeps both exact.
+        kept = list(row.errors or [])
+        errors = [message for message in kept if not message.startswith(NOTE)]
+        notes = [message.removeprefix(NOTE) for message in kept if message.startswith(NOTE)]
+        return cls(row.objects, Counter(row.counts or {}), errors, row.done, notes)
 
-    def add(self, customers: int, counts: Counter[str], errors: Sequence[str]) -> None:
+    def add(self, customers: int, counts: Counter[str], errors: Sequence[str], notes: Sequence[str] = ()) -> None:
         self.customers += customers
         self.counts.update(counts)
         for message in errors:
             self.counts["errors"] += 1
             if len(self.errors) < MAX_ERRORS_KEPT:
                 self.errors.append(message)
+        self.notes.extend(notes[: max(MAX_ERRORS_KEPT - len(self.notes), 0)])
 
     def save(self, session: Session, run_id: str) -> None:
         save_checkpoint(
@@ -122,7 +146,7 @@ class HistoryProgress:
             objects=self.customers,
             done=self.done,
             counts=dict(self.counts),
-            errors=self.errors,
+            errors=self.errors + [NOTE + note for note in self.notes],
         )
 
 
@@ -142,6 +166,8 @@ class HistoryRebuild:
         self._api: StripeAPI | None = None
         self._prices: dict[str, Mapping[str, Any]] = {}
         """Stored prices read so far: a run reads each once."""
+        self._gone: dict[str, Mapping[str, Any] | None] = {}
+        """Coupons looked for so far: what is known of one Stripe has deleted, None for one it has."""
 
     @property
     def shares_work(self) -> bool:
@@ -210,7 +236,8 @@ class HistoryRebuild:
                 return False
             counts = Counter[str]()
             errors: list[str] = []
-            self.history_of(session, batch, counts, errors)
+            notes: list[str] = []
+            self.history_of(session, batch, counts, errors, notes)
             session.execute(
                 update(BackfillCustomer)
                 .where(BackfillCustomer.run_id == self.run_id, BackfillCustomer.customer_id.in_(batch))
@@ -218,11 +245,13 @@ class HistoryRebuild:
             )
             for message in errors:
                 log.warning("backfill: %s", message)
+            for message in notes:
+                log.info("backfill: %s", message)
             # Locked last and briefly: the other worker adds its own batch after this commit.
             progress = HistoryProgress.of(
                 session.get(SyncCheckpoint, (self.run_id, HISTORY_STREAM), with_for_update=True)
             )
-            progress.add(len(batch), counts, errors)
+            progress.add(len(batch), counts, errors, notes)
             progress.save(session, self.run_id)
         return True
 
@@ -237,8 +266,16 @@ class HistoryRebuild:
             progress.save(session, self.run_id)
         return True
 
-    def history_of(self, session: Session, customers: Sequence[str], counts: Counter[str], errors: list[str]) -> None:
+    def history_of(
+        self,
+        session: Session,
+        customers: Sequence[str],
+        counts: Counter[str],
+        errors: list[str],
+        notes: list[str] | None = None,
+    ) -> None:
         """Store the batch's subscription histories and recompute its customers' ledgers."""
+        notes = [] if notes is None else notes
         subscriptions = session.execute(
             self._stored("subscription", customers).where(StripeObject.observed_at >= self.started_at)
         ).all()
@@ -247,6 +284,11 @@ class HistoryRebuild:
             subscription_id = invoice_subscription(invoice)
             if subscription_id is not None:  # the rest is dropped at once: a batch holds thousands
                 invoices.setdefault(subscription_id, []).append(invoice_fields(invoice))
+        pending: dict[str, list[Mapping[str, Any]]] = {}
+        for _, invoice_item, _ in session.execute(self._stored("invoiceitem", customers)):
+            subscription_id = invoice_item_subscription(invoice_item)
+            if subscription_id is not None and invoice_item.get("proration"):
+                pending.setdefault(subscription_id, []).append(invoice_item)
         prices = self._price_lookup(session)
         histories: dict[str, list[SubscriptionVersion]] = {}
         for subscription_id, payload, observed_at in subscriptions:
@@ -254,10 +296,20 @@ class HistoryRebuild:
                 invoices.get(subscription_id, []), key=lambda invoice: (invoice.get("created") or 0, invoice["id"])
             )
             try:
-                history = reconstruct(payload, own, prices=prices, read_at=observed_at)
+                as_invoiced = self.as_invoiced(session, subscription_id, payload, own, notes)
+                history = reconstruct(
+                    payload,
+                    own,
+                    prices=prices,
+                    read_at=observed_at,
+                    invoice_items=pending.get(subscription_id, ()),
+                    as_invoiced=as_invoiced,
+                )
             except (ValueError, KeyError, TypeError) as exc:  # UnresolvedStripeObject too
                 errors.append(f"subscription {subscription_id}: its history could not be reconstructed: {exc}")
                 continue
+            if as_invoiced:
+                counts[AS_INVOICED] += len(as_invoiced)
             histories[subscription_id] = [
                 SubscriptionVersion(v.subscription, v.observed_at, source=self.source) for v in history
             ]
@@ -293,6 +345,67 @@ class HistoryRebuild:
         if self._api is None:
             self._api = StripeAPI(self.settings)
         return self._api
+
+    def as_invoiced(
+        self,
+        session: Session,
+        subscription_id: str,
+        subscription: Mapping[str, Any],
+        invoices: Sequence[Mapping[str, Any]],
+        notes: list[str],
+    ) -> dict[str, Mapping[str, Any]]:
+        """The discounts of the subscription's history that only its invoices can value, with what is known of
+        each one's coupon; a note for each.
+
+        A discount Stripe no longer has (named by id, neither expanded anywhere
+        nor stored: removed since), and one whose coupon Stripe has deleted
+        (named by id, not stored whole, 404): neither can be read again, and the
+        ledger must not wait for them.
+        """
+        found: dict[str, Mapping[str, Any]] = {}
+        for discount_id, discount in named_discounts(subscription, invoices).items():
+            if discount is None:
+                discount = self._stored_object(session, discount_id, "discount")
+            if discount is None:
+                found[discount_id] = {}
+                notes.append(
+                    f"subscription {subscription_id}: discount {discount_id} valued as invoiced "
+                    "(Stripe no longer has it)"
+                )
+                continue
+            coupon_id = unvalued_coupon(discount)
+            known = None if coupon_id is None else self._deleted_coupon(session, coupon_id)
+            if known is not None:
+                found[discount_id] = known
+                notes.append(
+                    f"subscription {subscription_id}: discount {discount_id} valued as invoiced "
+                    f"(Stripe has deleted its coupon {coupon_id})"
+                )
+        return found
+
+    def _deleted_coupon(self, session: Session, coupon_id: str) -> Mapping[str, Any] | None:
+        """What is known of a coupon Stripe has deleted (it answers 404); None when it can be read.
+
+        A coupon not stored whole is fetched (and stored) once per process. Any other
+        refusal leaves it to the recompute, which reports what it cannot fetch.
+        """
+        if coupon_id not in self._gone:
+            stored = self._stored_object(session, coupon_id, "coupon")
+            gone: Mapping[str, Any] | None = None
+            if stored is None or (stored.get("percent_off") is None and stored.get("amount_off") is None):
+                try:
+                    record_object(session, self.api().coupon(coupon_id), observed_at=utcnow())
+                except NoSuchObject:
+                    gone = {**(stored or {}), "id": coupon_id, "object": "coupon", "deleted": True}
+                except StripeUnavailable as exc:
+                    log.warning("backfill: coupon %s could not be read: %s", coupon_id, exc)
+            self._gone[coupon_id] = gone
+        return self._gone[coupon_id]
+
+    @staticmethod
+    def _stored_object(session: Session, object_id: str, kind: str) -> Mapping[str, Any] | None:
+        row = session.get(StripeObject, object_id)
+        return row.payload if row is not None and row.object == kind else None
 
     @staticmethod
     def _stored(kind: str, customers: Sequence[str]) -> Any:

@@ -44,6 +44,8 @@ class RunReport:
     counts: Counter[str] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
     resumed: bool = False
+    notes: list[str] = field(default_factory=list)
+    """What the run did that is no error but a person should know (a discount valued as invoiced), each once."""
 
     def error(self, message: str) -> None:
         self.counts["errors"] += 1
@@ -54,7 +56,8 @@ class RunReport:
     def summary(self) -> str:
         counted = ", ".join(f"{value:,} {key}" for key, value in sorted(self.counts.items()) if key != "errors")
         tail = f"; {self.counts['errors']:,} errors (first: {self.errors[0]})" if self.errors else ""
-        return f"{self.kind} {self.run_id} {self.status.value}: {counted or 'nothing to do'}{tail}"
+        noted = f"; notes: {'; '.join(self.notes)}" if self.notes else ""
+        return f"{self.kind} {self.run_id} {self.status.value}: {counted or 'nothing to do'}{tail}{noted}"
 
 
 def one_line(exc: BaseException) -> str:

@@ -329,6 +329,109 @@ def test_every_list_is_read_with_what_the_mrr_rules_need_expanded(
     assert set(stored(db, "discount")) == {"di_half"}
 
 
+def deleted_coupon_account(stripe: FakeStripe) -> None:
+    """cus_1 on pro since Jan 1 with SUMMER15 (15% off forever, applied Feb 10), a campaign coupon Stripe
+    has deleted since (its discount names it by id, as from 2025-09-30.clover on; GET answers 404);
+    a second subscription, from Mar 1, with a coupon Stripe still has."""
+    summer = discount("di_summer", "SUMMER15", utc(2, 10), "sub_1")
+    half_off = discount("di_half", "HALF", utc(3, 1), "sub_2")
+    stripe.add("products", product("prod_basic"), product("prod_pro"))
+    stripe.add(
+        "prices", dict(BASIC, created=ts(utc(1, 1)), livemode=False), dict(PRO, created=ts(utc(1, 1)), livemode=False)
+    )
+    stripe.add("coupons", HALF)
+    stripe.add("customers", customer("cus_1", utc(1, 1)))
+    stripe.add(
+        "subscriptions",
+        subscription(item(PRO), start=utc(1, 1), discounts=[summer]),
+        subscription(item(BASIC), start=utc(3, 1), sub_id="sub_2", discounts=[half_off]),
+    )
+
+    def discounted(line_id: str, rate: dict[str, Any], month: int, taken: int, discount_id: str, **fields: Any):
+        billed = line(line_id, rate, utc(month, 1), utc(month + 1, 1), **fields)
+        billed["discount_amounts"] = [{"amount": taken, "discount": discount_id}]
+        return billed
+
+    stripe.add(
+        "invoices",
+        invoice("in_1", utc(1, 1), [line("il_1", PRO, utc(1, 1), utc(2, 1))]),
+        invoice("in_2", utc(2, 1), [line("il_2", PRO, utc(2, 1), utc(3, 1))]),
+        *(
+            invoice(
+                f"in_{month}",
+                utc(month, 1),
+                [discounted(f"il_{month}", PRO, month, 450, "di_summer")],
+                discounts=[summer],
+            )
+            for month in (3, 4)
+        ),
+        invoice(
+            "in_b3",
+            utc(3, 1),
+            [discounted("il_b3", BASIC, 3, 500, "di_half", sub_id="sub_2")],
+            sub_id="sub_2",
+            discounts=[half_off],
+        ),
+    )
+
+
+class InlineHistory:
+    """The history process as a thread of this process: `responses` fakes Stripe in this process only, and
+    the history asks Stripe for the coupons it needs."""
+
+    def __init__(self, settings: Settings, run_id: str, started_at: datetime) -> None:
+        self.failure: BaseException | None = None
+        self.thread = threading.Thread(target=self.run, args=(settings, run_id, started_at), daemon=True)
+        self.thread.start()
+
+    def run(self, settings: Settings, run_id: str, started_at: datetime) -> None:
+        history_db = Database(settings.database_url)
+        try:
+            HistoryRebuild(history_db, settings, run_id, started_at).run()
+        except BaseException as exc:  # reported by check(), as the process's exit status would be
+            self.failure = exc
+        finally:
+            history_db.dispose()
+
+    def check(self) -> None:
+        if self.failure is not None:
+            raise HistoryFailed(f"history thread stopped: {self.failure!r}")
+
+    def wait(self, timeout: float) -> bool:
+        self.thread.join(timeout)
+        self.check()
+        return not self.thread.is_alive()
+
+    def stop(self) -> None:
+        self.thread.join()
+
+
+def test_a_coupon_stripe_deleted_is_valued_as_invoiced_and_noted_once(
+    db: Database, config: Settings, stripe: FakeStripe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 404 for a coupon is no error of the run: the discount is worth what the invoices say it took
+    (4.50 a month off 30.00), dated at its own start, and the run's report notes it once."""
+    deleted_coupon_account(stripe)
+    monkeypatch.setattr("worker.backfill.HistoryProcess", InlineHistory)
+    report = run_backfill(db, config)
+    assert report.status is RunStatus.OK, report.errors
+    assert report.errors == []
+    note = "subscription sub_1: discount di_summer valued as invoiced (Stripe has deleted its coupon SUMMER15)"
+    assert report.notes == [note]
+    assert report.counts["discounts valued as invoiced"] == 1
+    assert note in report.summary
+    assert len(stripe.calls("/v1/coupons/SUMMER15")) == 1, "asked once"
+    source = [f"backfill:{report.run_id}"]
+    assert movements(db) == [
+        ("new", 3000, "2024-01-01", source),
+        ("contraction", -450, "2024-02-10", source),  # the discount's start, first invoiced on Mar 1
+        ("expansion", 500, "2024-03-01", source),  # sub_2, half off a coupon Stripe still has
+    ]
+    with db.session() as session:
+        run = session.get(SyncRun, report.run_id)
+        assert run is not None and run.status == "ok"
+
+
 def test_a_customer_only_an_invoice_names_is_stored_by_id(db: Database, config: Settings, stripe: FakeStripe) -> None:
     """A deleted customer is not listed; its one-off invoice still names it, as a webhook would."""
     history_account(stripe)
