@@ -15,15 +15,17 @@ from dataclasses import dataclass, fields
 from datetime import date, datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, case, delete, func, insert, select
+from sqlalchemy import ColumnElement, Table, case, delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from ledger.db import add_to_rows, insert_rows
+from ledger.intake import CATALOG_EVENTS, DISCOUNT_EVENTS
 from ledger.models import (
     AccountMonth,
     Customer,
     CustomerMonthly,
     DailyTotal,
+    EventStatus,
     Movement,
     StripeEvent,
     StripeObject,
@@ -36,7 +38,7 @@ from ledger.ordering import TiedVersion, needs_current_state, settle_order
 from ledger.resolve import UnreadAppliesTo, fetch_first, resolve_subscription
 from ledger.rollup import ACCOUNT_SUMS, CustomerMonth, account_contribution, customer_months
 from ledger.settings import RuleSettings
-from ledger.state import RANK_RECONCILE
+from ledger.state import NEVER_OBSERVED, RANK_RECONCILE
 from ledger.timeline import Change, Snapshot, subscription_changes
 
 TABLES: dict[str, Table] = {
@@ -57,18 +59,64 @@ class Recomputed:
     movements: tuple[ComputedMovement, ...]
 
 
-class _Stored:
-    """Stored objects by id, each read once per recompute."""
+QUEUED_OBJECT_EVENTS = DISCOUNT_EVENTS | CATALOG_EVENTS
+"""Events whose object a subscription names by id (discounts, coupons, prices, products)."""
 
-    def __init__(self, session: Session) -> None:
+
+class _Stored:
+    """Stored objects by id, each read once per recompute.
+
+    An object that is not stored yet may still have arrived: its event is
+    stored and waits to be applied, later in the customer's partition or in
+    the object's own (a catalog object's), which another drain pass works
+    through. The newest such event says what the object is, so a subscription
+    naming it is valued now rather than retried.
+    """
+
+    def __init__(self, session: Session, customer_ids: Sequence[str]) -> None:
         self.session = session
+        self.customer_ids = customer_ids
         self.rows: dict[str, tuple[Mapping[str, Any], bool] | None] = {}
+        self.queued_for_customers: dict[str, tuple[Mapping[str, Any], bool]] | None = None
 
     def _row(self, object_id: str) -> tuple[Mapping[str, Any], bool] | None:
         if object_id not in self.rows:
             row = self.session.get(StripeObject, object_id)
-            self.rows[object_id] = (row.payload, row.deleted) if row is not None else None
+            found: tuple[Mapping[str, Any], bool] | None = (row.payload, row.deleted) if row is not None else None
+            if row is None or row.observed_at == NEVER_OBSERVED:
+                # Not stored, or only marked deleted (Stripe answered 404): its own event may know more.
+                queued = self._queued(object_id)
+                if queued is not None:
+                    found = (queued[0], queued[1] or (row is not None and row.deleted))
+            self.rows[object_id] = found
         return self.rows[object_id]
+
+    def _queued(self, object_id: str) -> tuple[Mapping[str, Any], bool] | None:
+        """The object as its newest stored, unapplied event carries it, and whether one deleted it."""
+        if self.queued_for_customers is None:
+            # A customer's discounts come in its own partition: one read for the whole batch.
+            self.queued_for_customers = self._queued_in(StripeEvent.partition.in_(self.customer_ids))
+        if object_id in self.queued_for_customers:
+            return self.queued_for_customers[object_id]
+        return self._queued_in(StripeEvent.partition == object_id).get(object_id)
+
+    def _queued_in(self, partitions: ColumnElement[bool]) -> dict[str, tuple[Mapping[str, Any], bool]]:
+        found: dict[str, tuple[Mapping[str, Any], bool]] = {}
+        for kind, payload in self.session.execute(
+            select(StripeEvent.type, StripeEvent.payload)
+            .where(
+                partitions,
+                StripeEvent.status.in_([EventStatus.PENDING.value, EventStatus.FAILED.value]),
+                StripeEvent.type.in_(sorted(QUEUED_OBJECT_EVENTS)),
+            )
+            .order_by(StripeEvent.created, StripeEvent.id)
+        ):
+            obj = payload.get("data", {}).get("object")
+            if not isinstance(obj, Mapping) or not isinstance(obj.get("id"), str):
+                continue
+            deleted = kind.endswith(".deleted") or (obj["id"] in found and found[obj["id"]][1])
+            found[obj["id"]] = (obj, deleted)  # the newest event wins; a deletion is final
+        return found
 
     def lookup(self, object_id: str) -> Mapping[str, Any] | None:
         # A deleted coupon or discount still discounts the subscription versions that held it, as in Stripe.
@@ -90,7 +138,7 @@ def customer_snapshots(
     it reduces every item. A caller that cannot fetch passes `unread_applies_to`
     (see `ledger.resolve`) for every such coupon.
     """
-    stored = _Stored(session)
+    stored = _Stored(session, customer_ids)
 
     def unread(coupon_id: str) -> None:
         if unread_applies_to is not None:

@@ -9,13 +9,15 @@ from sqlalchemy import func, select
 
 from ledger.db import Database
 from ledger.engine import recompute_customer, settle_ties
+from ledger.intake import store_event
 from ledger.models import Movement, StripeObject, SubscriptionChange, SubscriptionSnapshot
 from ledger.mrr import UnresolvedStripeObject
 from ledger.ordering import TiedVersion, settle_order
 from ledger.resolve import resolve_subscription
 from ledger.settings import RuleSettings
 from ledger.state import record_object, record_subscription
-from tests.ledger.subscription_payloads import item, price, subscription, utc
+from tests.ledger.subscription_payloads import item, price, subscription, ts, utc
+from tests.stripe_payloads import current_event
 
 RULES = RuleSettings()
 NOW = utc(12, 31)
@@ -94,6 +96,19 @@ def test_references_are_filled_from_stored_objects(db: Database) -> None:
     store(db, payload, utc(1, 10), "evt_1")
     result = recompute(db, "cus_1")
     assert [(m.type, m.amount) for m in result.movements] == [("new", 9000)]
+
+
+def test_discount_whose_event_is_stored_but_not_applied_yet_values_the_subscription_naming_it(db: Database) -> None:
+    # customer.discount.created arrived (stored, pending) but a drain that began before it values the
+    # subscription naming the discount by id: the event is stored, so the discount is known.
+    coupon = {"id": "TEN", "object": "coupon", "percent_off": 10, "duration": "forever", "amount_off": None}
+    held = {"id": "di_1", "object": "discount", "customer": "cus_1", "start": 0, "end": None}
+    created = current_event("customer.discount.created", held | {"coupon": coupon | {"applies_to": None}},
+                            event_id="evt_discount", created=ts(utc(1, 10)))  # fmt: skip
+    with db.transaction() as session:
+        store_event(session, created, received_via="webhook", now=NOW)
+    store(db, subscription(item(price(10000)), start=utc(1, 10), discounts=["di_1"]), utc(1, 10), "evt_1")
+    assert [(m.type, m.amount) for m in recompute(db, "cus_1").movements] == [("new", 9000)]
 
 
 def ten_percent_off(customer: str = "cus_1", **coupon_fields: object) -> dict:

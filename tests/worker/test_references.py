@@ -55,10 +55,27 @@ def arrive(client: FlaskClient, db: Database, worker: Settings, *events: dict[st
         processed_first_time(db)
 
 
-def processed_first_time(db: Database) -> None:
-    """Every event stored so far was processed by its first drain: none waits for a retry."""
+def receive(client: FlaskClient, *events: dict[str, Any]) -> None:
+    """Events received by webhook and stored, not drained yet."""
+    for event in events:
+        body, headers = signed(event)
+        response = client.post("/webhooks/stripe", data=body, headers=headers)
+        assert response.status_code == 200, response.get_json()
+
+
+def drain_partition(db: Database, worker: Settings, partition: str) -> None:
+    """One drain pass over a single partition, as a worker that picked only it up."""
+    processing.process_batch(db, [partition], now=utcnow(), after_apply=after_apply_for(worker))
+    processed_first_time(db, partition)
+
+
+def processed_first_time(db: Database, partition: str | None = None) -> None:
+    """Every event stored so far (of `partition`) was processed by its first drain: none waits for a retry."""
+    query = select(StripeEvent)
+    if partition is not None:
+        query = query.where(StripeEvent.partition == partition)
     with db.session() as session:
-        events = {e.id: (e.status, e.attempts, e.last_error) for e in session.scalars(select(StripeEvent))}
+        events = {e.id: (e.status, e.attempts, e.last_error) for e in session.scalars(query)}
     assert events == dict.fromkeys(events, ("processed", 1, None))
 
 
@@ -185,6 +202,30 @@ def test_coupon_named_by_id_is_read_from_the_store_or_its_own_endpoint(
     # Read once from its own endpoint, then from the store; never through a subscription.
     assert stripe.calls("/v1/coupons/QUARTER") == [{"expand[0]": "applies_to"}]
     assert subscription_calls(stripe) == []
+
+
+def test_coupon_created_event_still_queued_in_its_own_partition_values_the_subscription_naming_it(
+    client: FlaskClient, db: Database, keyed: Settings, stripe: FakeStripe
+) -> None:
+    # CYBER10 has been deleted since: Stripe answers 404 for it. Its coupon.created arrived first, but
+    # it is drained in its own partition (the coupon's), by a pass that has not run yet.
+    cyber = discount("di_cyber", "CYBER10", utc(1, 10), customer="cus_1", sub_id="sub_1")
+    named = subscription(item(GOLD), start=utc(1, 10), discounts=["di_cyber"])
+    receive(client, event("coupon.created", coupon("CYBER10", 10), utc(1, 1), "evt_coupon"))
+    receive(
+        client,
+        event("customer.discount.created", cyber, utc(1, 10), "evt_discount"),
+        event("customer.subscription.created", named, utc(1, 10), "evt_created"),
+    )
+
+    drain_partition(db, keyed, "cus_1")
+
+    # The coupon is known from its event; which items it reduces is not (webhooks leave applies_to
+    # out) and can no longer be read: deleted, it reduces every item.
+    assert movements(db) == [("cus_1", "2024-01-10", "new", 9000, ("evt_created",))]
+    assert stripe.calls("/v1/coupons/CYBER10") == [{"expand[0]": "applies_to"}]
+    processing.drain(db, None, budget_s=60, after_apply=after_apply_for(keyed))
+    processed_first_time(db)
 
 
 # --- A coupon's applies_to: included only when expanded -------------------------------------
