@@ -115,6 +115,14 @@ class _Record:
 
 
 @dataclass(frozen=True)
+class _Taken:
+    """What a discount took off one billed line, and what was left on the line before it."""
+
+    amount: int
+    base: int
+
+
+@dataclass(frozen=True)
 class _Item:
     """One subscription item as the records say it stands."""
 
@@ -123,11 +131,13 @@ class _Item:
     quantity: int | None
     discounts: tuple[Any, ...]
     """The item's own discounts (not the invoice's), expanded where an object is at hand."""
-    invoiced: Mapping[str, int]
+    invoiced: Mapping[str, _Taken]
     """Discount id → what it took off the item's last billed line."""
     period: tuple[Any, Any]
     until: datetime | None
     holder: Mapping[str, Any]
+    billed_on: Mapping[str, Any] | None
+    """The invoice of the item's last billed line (None: never billed, added by a proration)."""
 
     def key(self) -> tuple[str, int, tuple[str, ...]]:
         """What the MRR rules read of it: price id, quantity, discount ids."""
@@ -156,7 +166,7 @@ class _Start:
     """The item it is on; None for the subscription's."""
     holder: Mapping[str, Any]
     """The record that shows it (its object is read from there)."""
-    taken: Mapping[str, int]
+    taken: Mapping[str, _Taken]
     """Item id → what it took off that item's line there."""
 
 
@@ -520,14 +530,31 @@ def _discount_ids(holder: Mapping[str, Any]) -> list[str]:
     return ids
 
 
-def _taken(line: Mapping[str, Any]) -> dict[str, int]:
-    """Discount id → what it took off the line."""
-    taken: dict[str, int] = {}
+def _taken(line: Mapping[str, Any]) -> dict[str, _Taken]:
+    """Discount id → what it took off the line, each on what the ones before it left (their order)."""
+    taken: dict[str, _Taken] = {}
+    left = int(line.get("amount") or 0)
     for entry in line.get("discount_amounts") or []:
         discount_id = _id(_mapping(entry).get("discount"))
-        if discount_id is not None:
-            taken[discount_id] = taken.get(discount_id, 0) + int(_mapping(entry).get("amount") or 0)
+        amount = int(_mapping(entry).get("amount") or 0)
+        if discount_id is not None and discount_id not in taken:
+            taken[discount_id] = _Taken(amount, left)
+        left -= amount
     return taken
+
+
+def _percentage(shares: Sequence[_Taken]) -> Fraction | None:
+    """The one percentage that took exactly each share off what was left on its line, with two decimals at
+    most (Stripe's `percent_off`); None when the shares are not all one such percentage.
+
+    Exactly, not to the cent: any amount off a small line is some percentage
+    rounded, and an amount-off coupon must not be taken for one.
+    """
+    percents = {Fraction(share.amount * 100, share.base) for share in shares if share.base > 0}
+    if len(percents) != 1 or len(shares) != sum(1 for share in shares if share.base > 0):
+        return None
+    (percent,) = percents
+    return percent if (percent * 100).denominator == 1 and 0 < percent <= 100 else None
 
 
 def _discount_coupon(discount: Mapping[str, Any]) -> Any:
@@ -543,44 +570,56 @@ def _coupon_as_invoiced(
     known: Mapping[str, Any],
     restrict: bool,
 ) -> dict[str, Any]:
-    """`discount` with a coupon worth what the invoices say it took off `taken_by`, per billing period.
+    """`discount` with a coupon worth what the invoices say it took off `taken_by`.
 
-    The amounts of the items' last billed lines, each normalised by its item's
-    interval (§3) and expressed per the shortest one (how `ledger.mrr` reads an
-    `amount_off`), rounded half-up once. `restrict`: limited to the products it
-    took something off (a subscription-level discount that reduced only some items).
+    What it took off each item's last billed line is the evidence. When one
+    percentage (two decimals at most) took exactly every amount off what was
+    left on its line, the coupon is that `percent_off`; else it is the
+    amounts, each normalised by its item's interval (§3) and expressed per the
+    shortest one (how `ledger.mrr` reads an `amount_off`), rounded half-up once.
+    `restrict` (a subscription-level discount): an item billed on an invoice
+    that listed the discount but took nothing off it is left out (`applies_to`,
+    the products of the others); an item not billed since the discount began
+    is kept in.
     """
     discount_id = _id(discount) or ""
     entry = dict(discount) if isinstance(discount, Mapping) else {"id": discount_id, "object": "discount"}
-    shares: list[tuple[int, Fraction, Any]] = []
+    shares: list[tuple[_Taken, Fraction]] = []
+    kept: list[_Item] = []
     for item in taken_by:
-        amount = item.invoiced.get(discount_id, 0)
-        if amount:
+        taken = item.invoiced.get(discount_id)
+        listed = item.billed_on is not None and discount_id in _discount_ids(item.billed_on)
+        if restrict and (taken is None or taken.amount == 0) and listed:
+            continue  # the invoice applied it, and it took nothing off this item
+        kept.append(item)
+        if taken is not None and taken.amount:
             recurring = _recurring(item.rate)
             interval = str(recurring.get("interval") or "month")
-            factor = MONTHS_FACTOR.get(interval, Fraction(1)) / int(recurring.get("interval_count") or 1)
-            rate = _mapping(item.rate.get("price") or item.rate.get("plan"))
-            shares.append((amount, factor, _id(rate.get("product"))))
-    amount_off = 0
-    if shares:
-        shortest = max(factor for _, factor, _ in shares)
-        amount_off = round_half_up(sum((amount * factor for amount, factor, _ in shares), Fraction(0)) / shortest)
-    products = {product for _, _, product in shares}
+            shares.append((taken, MONTHS_FACTOR.get(interval, Fraction(1)) / int(recurring.get("interval_count") or 1)))
+    percent = _percentage([taken for taken, _ in shares])
+    amount_off = None
+    if percent is None:
+        shortest = max((factor for _, factor in shares), default=Fraction(1))
+        amount_off = round_half_up(sum((t.amount * factor for t, factor in shares), Fraction(0)) / shortest)
+    products = {_id(_mapping(item.rate.get("price") or item.rate.get("plan")).get("product")) for item in kept}
     applies_to = None
-    if restrict and shares and len(shares) < len(taken_by) and None not in products:
+    if restrict and len(kept) < len(taken_by) and None not in products:
         applies_to = {"products": sorted(str(product) for product in products)}
     current = _discount_coupon(entry)
     coupon: dict[str, Any] = dict(known)
     if isinstance(current, Mapping):
         coupon.update(current)
     coupon_id = _id(current) or _id(known) or f"{discount_id} (as invoiced)"
-    invoices = sorted({_id(item.holder) or "" for item in taken_by if item.invoiced.get(discount_id)})
+    invoices = sorted(
+        {_id(item.billed_on) or "" for item in taken_by if item.billed_on and item.invoiced.get(discount_id)}
+    )
     coupon.update(
         id=coupon_id,
         object="coupon",
-        percent_off=None,
+        # A percentage as Stripe writes it: a whole number, else a decimal of two places.
+        percent_off=None if percent is None else (int(percent) if percent.denominator == 1 else float(percent)),
         amount_off=amount_off,
-        currency=currency,
+        currency=None if amount_off is None else currency,
         currency_options={},
         duration="repeating" if entry.get("end") is not None else "forever",
         duration_in_months=None,
@@ -709,10 +748,12 @@ class _Reader:
         if record.effect == _BILLED:
             on_invoice = _discount_ids(record.holder)
             discounts = tuple(self.expanded(d, record.holder, line) for d in _discount_ids(line) if d not in on_invoice)
-            invoiced: Mapping[str, int] = _taken(line)
+            invoiced: Mapping[str, _Taken] = _taken(line)
+            billed_on: Mapping[str, Any] | None = record.holder
         else:  # a debit: the item keeps its discounts (and what they last took) through the change
             discounts = previous.discounts if previous is not None else ()
             invoiced = previous.invoiced if previous is not None else {}
+            billed_on = previous.billed_on if previous is not None else None
         return _Item(
             record.item_id,
             rate,
@@ -722,6 +763,7 @@ class _Reader:
             (period.get("start"), period.get("end")),
             until,
             record.holder,
+            billed_on,
         )
 
     def apply(self, state: _State, records: Sequence[_Record]) -> str:
@@ -983,7 +1025,7 @@ def _discount_starts(
             for discount_id in (d for d in ids if d not in before):
                 start = dated(discount_id, since, instant, carrier)
                 if start is not None:
-                    taken = {r.item_id: _taken(r.line)[discount_id] for r in billed if discount_id in _taken(r.line)}
+                    taken = {r.item_id: t for r in billed if (t := _taken(r.line).get(discount_id)) is not None}
                     starts.append(_Start(start, discount_id, None, carrier, taken))
             shown = (instant, ids)
         for record in batch:
@@ -994,7 +1036,8 @@ def _discount_starts(
                 for discount_id in (d for d in ids if d not in before):
                     start = dated(discount_id, since, instant, record.holder, record.line)
                     if start is not None:
-                        taken = {record.item_id: _taken(record.line).get(discount_id, 0)}
+                        shown_taken = _taken(record.line).get(discount_id)
+                        taken = {record.item_id: shown_taken} if shown_taken is not None else {}
                         starts.append(_Start(start, discount_id, record.item_id, record.holder, taken))
                 items[record.item_id] = (instant, ids)
             elif record.effect == _ADDED:  # a proration line shows no discount: a new item has none yet

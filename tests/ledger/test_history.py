@@ -900,15 +900,58 @@ def test_a_coupon_stripe_deleted_is_valued_as_invoiced(shape: CurrentShape) -> N
     shown = ("id", "percent_off", "amount_off", "currency", "duration", "applies_to", "as_invoiced")
     assert {key: coupon[key] for key in shown} == {
         "id": "SUMMER15",
-        "percent_off": None,
-        "amount_off": 1500,
-        "currency": "usd",
+        "percent_off": 15,  # exactly 15% of every line it reduced
+        "amount_off": None,
+        "currency": None,
         "duration": "forever",
         "applies_to": None,
         "as_invoiced": ["in_04"],
     }
     resolved = resolve_subscription(version.subscription, lambda _: None)  # nothing left to look up
     assert subscription_mrr(resolved, utc(6, 1), RuleSettings()).net == 8500
+
+
+@pytest.mark.parametrize(
+    ("taken", "coupon_fields", "after_the_change"),
+    [
+        pytest.param(980, {"percent_off": 20, "amount_off": None}, 7840, id="exactly 20% of every line: a percentage"),
+        pytest.param(500, {"percent_off": None, "amount_off": 500, "currency": "usd"}, 9300, id="5.00 off: an amount"),
+    ],
+)
+def test_a_discount_valued_as_invoiced_through_a_prorated_change(
+    taken: int, coupon_fields: dict[str, Any], after_the_change: int
+) -> None:
+    """49.00 a month with a discount Stripe no longer has, then 2 seats from 20 February (prorated): a
+    percentage follows the new price, an amount stays what it was."""
+    plans = Plans(CURRENT)
+    team = CURRENT.price(4900, "price_team", "prod_team")
+    plans.prices = price_lookup(plans.basic, plans.pro, team)
+    at = utc(2, 20, 14)
+
+    def month(invoice_id: str, number: int) -> dict[str, Any]:
+        line = CURRENT.period_line(
+            team, start=utc(number, 1, 9), discounts=["di_gone"], discount_amounts=[(taken, "di_gone")]
+        )
+        return CURRENT.invoice(invoice_id, line, created=utc(number, 1, 9))
+
+    change = CURRENT.invoice(
+        "in_seats",
+        CURRENT.proration_line(team, 1, start=at, end=utc(3, 1, 9), amount=-1352),
+        CURRENT.proration_line(team, 2, start=at, end=utc(3, 1, 9), amount=2704),
+        created=at,
+        billing_reason="subscription_update",
+    )
+    versions = reconstruct(
+        plans.current(team, 2),
+        [month("in_jan", 1), month("in_feb", 2), change],
+        prices=plans.prices.get,
+        read_at=READ_AT,
+        as_invoiced={"di_gone": {}},
+    )
+    coupon = versions[0].subscription["items"]["data"][0]["discounts"][0]["source"]["coupon"]
+    assert {key: coupon.get(key) for key in coupon_fields} == coupon_fields
+    # (the current subscription no longer has the discount: its version, at the read, has none)
+    assert valued(versions, READ_AT)[:2] == [(utc(1, 1, 9), 4900 - taken), (at, after_the_change)]
 
 
 def test_a_deleted_coupon_on_mixed_intervals_is_valued_per_item_interval() -> None:
@@ -950,7 +993,7 @@ def test_a_deleted_coupon_on_mixed_intervals_is_valued_per_item_interval() -> No
     )
     (version,) = versions
     coupon = version.subscription["discounts"][0]["source"]["coupon"]
-    assert (coupon["amount_off"], coupon["applies_to"], coupon["as_invoiced"]) == (2200, None, ["in_01"])
+    assert (coupon["percent_off"], coupon["applies_to"], coupon["as_invoiced"]) == (20, None, ["in_01"])
     assert subscription_mrr(version.subscription, utc(2, 2, year=2025), RuleSettings()).net == 8800
 
 
@@ -975,7 +1018,7 @@ def test_a_deleted_coupon_that_reduced_one_item_applies_to_its_product() -> None
         as_invoiced={"di_addon": {"id": "ADDON50"}},
     )
     coupon = version.subscription["discounts"][0]["source"]["coupon"]
-    assert (coupon["amount_off"], coupon["applies_to"]) == (500, {"products": ["prod_addon"]})
+    assert (coupon["percent_off"], coupon["applies_to"]) == (50, {"products": ["prod_addon"]})
     assert subscription_mrr(version.subscription, utc(1, 2), RuleSettings()).net == 5500
 
 
@@ -992,7 +1035,7 @@ def test_a_discount_stripe_no_longer_has_is_valued_as_invoiced_on_its_item() -> 
     (item,) = version.subscription["items"]["data"]
     (discount,) = item["discounts"]
     assert discount["id"] == "di_gone"
-    assert discount["source"]["coupon"]["amount_off"] == 2500
+    assert discount["source"]["coupon"]["percent_off"] == 25
     assert subscription_mrr(version.subscription, utc(1, 2), RuleSettings()).net == 7500
 
 
