@@ -3,11 +3,12 @@
 Two processes, both resumable, at the same time:
 
 1. **Read** (this process). Products, prices (with tiers), coupons (with
-   `applies_to`), customers, subscriptions (every status, discounts expanded)
-   and invoices (discounts expanded, every line: the embedded list stops at
-   10) are listed page by page into `stripe_objects` / `customers`. The big
-   lists are cut into `created` windows (`worker.streams`), each listing's
-   read newest first by its own few threads, each with its own client; every
+   `applies_to`), customers, subscriptions (every status, discounts expanded,
+   every item: the embedded list stops at 20) and invoices (discounts
+   expanded, every line: the embedded list stops at 10) are listed page by
+   page into `stripe_objects` / `customers`. The big lists are cut into
+   `created` windows (`worker.streams`), each listing's read newest first by
+   its own few threads, each with its own client; every
    request draws from the rate limit all processes share (`worker.ratelimit`).
    Each page is committed with its checkpoint, so an interrupted run starts
    again after the last page it stored.
@@ -403,7 +404,12 @@ class _Backfill:
             page = self.within_bounds(stream, listed)
             read_at = utcnow()
             errors: list[str] = []
-            usable = [obj for obj in page if kind != "invoices" or self.complete_lines(api, obj, errors)]
+            usable = [
+                obj
+                for obj in page
+                if (kind != "invoices" or self.complete_lines(api, obj, errors))
+                and (kind != "subscriptions" or self.complete_items(api, obj, errors))
+            ]
             with self.db.transaction() as session:
                 commit_without_waiting_for_disk(session)
                 self.store(session, kind, usable, read_at, errors)
@@ -440,6 +446,15 @@ class _Backfill:
             return listed
         low, high = self.bounds
         return [obj for obj in listed if low <= int(obj.get("created") or 0) < high]
+
+    def complete_items(self, api: StripeAPI, subscription: dict[str, Any], errors: list[str]) -> bool:
+        """Put every item in the subscription (Stripe embeds the first 20); False when they cannot be read."""
+        try:
+            api.with_every_item(subscription)
+        except StripeUnavailable as exc:
+            errors.append(f"subscription {subscription.get('id')}: its items could not be read: {exc}")
+            return False
+        return True
 
     def complete_lines(self, api: StripeAPI, invoice: dict[str, Any], errors: list[str]) -> bool:
         """Put every line in the invoice (Stripe embeds the first 10); False when they cannot be read."""

@@ -19,6 +19,7 @@ from ledger.settings import Settings
 from ledger.state import NEVER_OBSERVED, Applied, record_object
 from worker.processing import AfterApply
 from worker.stripe_api import NoSuchObject, StripeAPI, StripeUnavailable
+from worker.subscription_items import complete_stored_items
 
 log = logging.getLogger("subledger.worker")
 
@@ -108,6 +109,9 @@ def fetch_missing(session: Session, api: StripeAPI, customer_id: str, missing: U
             _valued_unread(missing.object_id, "Stripe has deleted the coupon")
             return
         record_object(session, coupon, observed_at=now)
+        return
+    if missing.missing == "items":  # a subscription's item list cut at 20
+        complete_stored_items(session, api, missing.object_id)
         return
     # A discount named by id (or holding no coupon): discounts have no endpoint of their own,
     # they come expanded on their subscription. One removed since is only known from its own

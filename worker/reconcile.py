@@ -391,7 +391,8 @@ def _pages(api: StripeAPI) -> Iterator[_Read]:
         page = next(pages, None)
         if page is None:
             return
-        yield _Read(page, observed_at)
+        # Stripe embeds a subscription's first 20 items: the rest are paged now, under the same read.
+        yield _Read([api.with_every_item(subscription) for subscription in page], observed_at)
 
 
 def reconcile(db: Database, settings: Settings, *, api: StripeAPI | None = None) -> RunReport:

@@ -45,6 +45,9 @@ PAGE_SIZE = 100
 SUBSCRIPTION_EXPANSIONS = ("discounts", "items.data.discounts", "items.data.price.tiers")
 """What the MRR rules need whole: webhooks carry these as ids, or not at all (tiers)."""
 
+ITEM_EXPANSIONS = ("data.discounts", "data.price.tiers")
+"""The same, for the items read from `/v1/subscription_items`."""
+
 
 class StripeUnavailable(RuntimeError):
     """Stripe could not be reached or refused the request; the message says why."""
@@ -181,8 +184,36 @@ class StripeAPI:
             yield from page
 
     def subscription(self, subscription_id: str) -> dict[str, Any]:
-        """A subscription with what the MRR rules need expanded."""
-        return self.get(f"/v1/subscriptions/{subscription_id}", expand=list(SUBSCRIPTION_EXPANSIONS))
+        """A subscription with what the MRR rules need expanded, every item included."""
+        return self.with_every_item(
+            self.get(f"/v1/subscriptions/{subscription_id}", expand=list(SUBSCRIPTION_EXPANSIONS))
+        )
+
+    def subscription_items(
+        self, subscription_id: str, *, starting_after: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """A subscription's items, from after `starting_after` (all of them without)."""
+        for page in self.pages(
+            "/v1/subscription_items",
+            starting_after=starting_after,
+            subscription=subscription_id,
+            expand=list(ITEM_EXPANSIONS),
+        ):
+            yield from page
+
+    def with_every_item(self, subscription: dict[str, Any]) -> dict[str, Any]:
+        """`subscription` with its whole item list: Stripe embeds the first 20 (`has_more`), the rest are paged."""
+        items = subscription.get("items")
+        if not isinstance(items, Mapping) or not items.get("has_more"):
+            return subscription
+        data = list(items.get("data") or [])
+        last = str(data[-1]["id"]) if data else None
+        data.extend(self.subscription_items(str(subscription["id"]), starting_after=last))
+        every = dict(items, data=data, has_more=False)
+        if "total_count" in every:
+            every["total_count"] = len(data)
+        subscription["items"] = every
+        return subscription
 
     def price(self, price_id: str) -> dict[str, Any]:
         return self.get(f"/v1/prices/{price_id}", expand=["tiers"])

@@ -132,3 +132,11 @@ def net_at(changes: list[Change], at: datetime) -> int:
         if change.at <= at:
             latest[change.subscription_id] = change.net
     return sum(latest.values())
+
+
+def many_items(count: int) -> list[dict[str, Any]]:
+    """`count` items, each on a monthly price of its own: item n (from 0) costs (n + 1) × 1.00, `si_<nn>`."""
+    return [
+        item(price(100 * (n + 1), price_id=f"price_{n:02d}", product=f"prod_{n:02d}"), item_id=f"si_{n:02d}")
+        for n in range(count)
+    ]

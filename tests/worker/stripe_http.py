@@ -4,7 +4,9 @@ Lists are ordered newest first (`created`, then id), honour `created[gte|gt|lt|l
 `starting_after`, `limit`, `active` for prices and products (active ones
 unless asked) and `status` for subscriptions (canceled ones only with
 `status=all`). Invoices embed their first 10 lines, as Stripe does, and
-`/v1/invoices/<id>/lines` pages through all of them. `fail(...)` queues answers
+`/v1/invoices/<id>/lines` pages through all of them; subscriptions embed their
+first 20 items, and `/v1/subscription_items?subscription=<id>` pages through
+all of them. `fail(...)` queues answers
 (a 429, a 500, an exception) for requests matching a path and query; `hooks`
 see each request before it is answered. Every
 request is kept in `requests` as (path, query) for the test to inspect, its
@@ -27,6 +29,8 @@ import responses
 BASE = "https://stripe.test"
 EMBEDDED_LINES = 10
 """Lines Stripe embeds in an invoice; the rest come from its lines endpoint."""
+EMBEDDED_ITEMS = 20
+"""Items Stripe embeds in a subscription; the rest come from `/v1/subscription_items`."""
 
 Query = dict[str, str]
 
@@ -95,6 +99,8 @@ class FakeStripe:
                     raise fault.exception
                 return fault.status, dict(fault.headers), json.dumps(fault.body)
         segments = path.strip("/").split("/")[1:]
+        if segments == ["subscription_items"]:
+            return self._items(query)
         if len(segments) == 1:
             return self._list(segments[0], query)
         if len(segments) == 3 and segments[0] == "invoices" and segments[2] == "lines":
@@ -105,6 +111,8 @@ class FakeStripe:
         found = self.objects.get(segments[0], {}).get(segments[1]) if len(segments) == 2 else None
         if found is None:
             return self._missing(segments[-1])
+        if segments[0] == "subscriptions":
+            found = self._embedded_items(found)
         return 200, {}, json.dumps(found)
 
     @staticmethod
@@ -133,6 +141,8 @@ class FakeStripe:
             objects = [o for o in objects if (o["status"] == wanted if wanted else o["status"] != "canceled")]
         if resource == "invoices":
             objects = [self._embedded_lines(invoice) for invoice in objects]
+        if resource == "subscriptions":
+            objects = [self._embedded_items(subscription) for subscription in objects]
         return self._page(objects, query, f"/v1/{resource}")
 
     @staticmethod
@@ -146,6 +156,24 @@ class FakeStripe:
             "url": f"/v1/invoices/{invoice['id']}/lines",
         }
         return shown
+
+    @staticmethod
+    def _embedded_items(subscription: dict[str, Any]) -> dict[str, Any]:
+        items = subscription.get("items")
+        if not isinstance(items, dict) or len(items.get("data") or []) <= EMBEDDED_ITEMS:
+            return subscription
+        shown = copy.deepcopy(subscription)
+        shown["items"] = dict(items, data=copy.deepcopy(items["data"][:EMBEDDED_ITEMS]), has_more=True)
+        return shown
+
+    def _items(self, query: Query) -> tuple[int, dict[str, str], str]:
+        if "subscription" not in query:
+            error = {"type": "invalid_request_error", "message": "Missing required param: subscription."}
+            return 400, {}, json.dumps({"error": error})
+        subscription = self.objects.get("subscriptions", {}).get(query["subscription"])
+        if subscription is None:
+            return self._missing(query["subscription"])
+        return self._page(list(subscription["items"]["data"]), query, "/v1/subscription_items")
 
     @staticmethod
     def _page(objects: list[dict[str, Any]], query: Query, url: str) -> tuple[int, dict[str, str], str]:

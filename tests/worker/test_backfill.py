@@ -39,7 +39,7 @@ from ledger.models import (
     SyncRun,
 )
 from ledger.settings import ENV_VARIABLES, Settings
-from tests.ledger.subscription_payloads import item, price, subscription, ts, utc
+from tests.ledger.subscription_payloads import item, many_items, price, subscription, ts, utc
 from tests.worker.stripe_http import BASE, FakeStripe
 from worker.backfill import BackfillFailed, windows
 from worker.backfill import backfill as run_backfill
@@ -1026,3 +1026,41 @@ def test_history_waits_for_a_list_read_whole_then_follows_the_windowed_ones() ->
     read = {stream.name for stream in catalog} | {subscriptions[1].name, invoices[1].name}
     assert ready_from(streams, read) is None, "a customer may still be anywhere in the list"
     assert ready_from(streams, read | {"customers"}) == datetime.fromtimestamp(100, UTC)
+
+
+# --- more items than Stripe embeds ------------------------------------------------------------
+
+
+def test_a_subscription_with_more_items_than_stripe_embeds_is_valued_with_every_item(
+    db: Database, config: Settings, stripe: FakeStripe
+) -> None:
+    """25 items, 20 embedded in the subscriptions list: the rest are paged before the page is stored."""
+    items = many_items(25)
+    stripe.add("prices", *(dict(entry["price"], created=ts(utc(1, 1)), livemode=False) for entry in items))
+    stripe.add("customers", customer("cus_1", utc(1, 1)))
+    stripe.add("subscriptions", subscription(*items, start=utc(1, 1)))
+    lines = [line(f"il_{n:02d}", entry["price"], utc(1, 1), utc(2, 1)) for n, entry in enumerate(items)]
+    for billed, entry in zip(lines, items, strict=True):
+        billed["parent"]["subscription_item_details"]["subscription_item"] = entry["id"]
+    stripe.add("invoices", invoice("in_1", utc(1, 1), lines))
+
+    report = run_backfill(db, config)
+
+    assert report.status is RunStatus.OK, report.errors
+    [paged] = stripe.calls("/v1/subscription_items")
+    assert (paged["subscription"], paged["limit"], paged["starting_after"]) == ("sub_1", "100", "si_19")
+    kept = stored(db, "subscription")["sub_1"]["items"]
+    assert ([entry["id"] for entry in kept["data"]], kept["has_more"]) == ([entry["id"] for entry in items], False)
+    assert movements(db) == [("new", 100 * sum(range(1, 26)), "2024-01-01", [f"backfill:{report.run_id}"])]
+
+
+def test_unreadable_subscription_items_make_a_partial_run_naming_the_subscription(
+    db: Database, config: Settings, stripe: FakeStripe
+) -> None:
+    stripe.add("customers", customer("cus_1", utc(1, 1)))
+    stripe.add("subscriptions", subscription(*many_items(21), start=utc(1, 1)))
+    stripe.fail("/v1/subscription_items", status=404, body={"error": {"type": "invalid_request_error"}})
+    report = run_backfill(db, config)
+    assert report.status is RunStatus.PARTIAL
+    assert report.errors[0].startswith("subscription sub_1: its items could not be read")
+    assert stored(db, "subscription") == {}, "never kept with a cut list"

@@ -116,6 +116,19 @@ def test_a_400_naming_no_parameter_is_a_plain_refusal(api: StripeAPI) -> None:
     assert not isinstance(caught.value, (ParameterRefused, NoSuchObject))
 
 
+@responses.activate
+def test_a_subscription_gets_the_items_stripe_did_not_embed(api: StripeAPI) -> None:
+    items = [{"id": f"si_{n:02d}", "object": "subscription_item"} for n in range(25)]
+    cut = {"object": "list", "data": items[:20], "has_more": True, "total_count": 25}
+    responses.get(f"{BASE}/v1/subscriptions/sub_1", json={"id": "sub_1", "object": "subscription", "items": cut})
+    responses.get(f"{BASE}/v1/subscription_items", json={"object": "list", "data": items[20:], "has_more": False})
+    found = api.subscription("sub_1")
+    assert found["items"] == {"object": "list", "data": items, "has_more": False, "total_count": 25}
+    paged = responses.calls[1].request.url
+    for part in ("subscription=sub_1", "limit=100", "starting_after=si_19", "data.discounts", "data.price.tiers"):
+        assert part in paged
+
+
 def test_no_key_no_client() -> None:
     with pytest.raises(StripeUnavailable, match="STRIPE_API_KEY is not set"):
         StripeAPI(Settings())
