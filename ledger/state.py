@@ -160,6 +160,7 @@ def record_subscriptions(session: Session, versions: Sequence[SubscriptionVersio
         applied.append(Applied(customer_id, subscription_id, version.observed_at))
     if not applied:
         return applied
+    snapshots = _not_stored_yet(session, snapshots)
     insert_all_unless_present(
         session,
         Customer,
@@ -174,6 +175,38 @@ def record_subscriptions(session: Session, versions: Sequence[SubscriptionVersio
     )
     upsert_newer(session, Subscription, list(latest.values()), key="id", version="observed_at")
     return applied
+
+
+_IDS_PER_QUERY = 500
+"""Subscriptions per query when looking up stored versions (bound parameters stay few)."""
+
+
+def _not_stored_yet(session: Session, snapshots: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The snapshots whose source has not stored this very version already, at whatever rank.
+
+    An event is applied again when it is retried, or when its batch is redone
+    partition by partition. Its version may have been ranked behind a same-second
+    version since (`ledger.engine.settle_ties`); inserted again at its first rank,
+    it would be a second copy of itself, and settling the two would put the
+    event on both sides of its neighbours.
+    """
+    subscription_ids = sorted({row["subscription_id"] for row in snapshots})
+    stored: set[tuple[str, datetime, str, str]] = set()
+    for start in range(0, len(subscription_ids), _IDS_PER_QUERY):
+        rows = session.execute(
+            select(
+                SubscriptionSnapshot.subscription_id,
+                SubscriptionSnapshot.observed_at,
+                SubscriptionSnapshot.source,
+                SubscriptionSnapshot.content_hash,
+            ).where(SubscriptionSnapshot.subscription_id.in_(subscription_ids[start : start + _IDS_PER_QUERY]))
+        )
+        stored.update((row[0], row[1], row[2], row[3]) for row in rows)
+    return [
+        row
+        for row in snapshots
+        if (row["subscription_id"], row["observed_at"], row["source"], row["content_hash"]) not in stored
+    ]
 
 
 def record_subscription(

@@ -22,7 +22,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from ledger.db import Database, utcnow
-from ledger.models import Movement, StripeEvent
+from ledger.models import Movement, StripeEvent, SubscriptionSnapshot
 from ledger.settings import Settings
 from tests.ledger.subscription_payloads import item, price, subscription, ts, utc
 from tests.stripe_payloads import current_event, signed
@@ -226,6 +226,51 @@ def test_coupon_created_event_still_queued_in_its_own_partition_values_the_subsc
     assert stripe.calls("/v1/coupons/CYBER10") == [{"expand[0]": "applies_to"}]
     processing.drain(db, None, budget_s=60, after_apply=after_apply_for(keyed))
     processed_first_time(db)
+
+
+def test_update_naming_a_discount_before_its_event_arrived_is_retried_without_storing_its_version_twice(
+    client: FlaskClient, db: Database, keyed: Settings, stripe: FakeStripe
+) -> None:
+    # In one second Stripe added a seat (evt_seat) and a 50%-off discount (evt_discounted). The
+    # discounted version arrives before customer.discount.created, and Stripe no longer has the
+    # discount (removed on 1 March): that version can only wait for a retry.
+    half = discount("di_half", "HALF", utc(2, 1), customer="cus_1", sub_id="sub_1")
+    one_seat = subscription(item(GOLD), start=utc(1, 10))
+    two_seats = subscription(item(GOLD, 2), start=utc(1, 10))
+    discounted = subscription(item(GOLD, 2), start=utc(1, 10), discounts=["di_half"])
+    stripe.add("subscriptions", two_seats)  # Stripe now: two seats, the discount removed
+    stripe.add("coupons", coupon("HALF", 50, applies_to=None))
+    arrive(client, db, keyed, event("customer.subscription.created", one_seat, utc(1, 10), "evt_created"))
+    receive(client, event("customer.subscription.updated", discounted, utc(2, 1), "evt_discounted", discounts=[]))
+    processing.drain(db, None, budget_s=60, after_apply=after_apply_for(keyed))
+
+    # Then the discount and the seat arrive; the discounted version, stored already, is settled after
+    # the seat's (its previous_attributes say so) and values the ledger before its own retry.
+    receive(
+        client,
+        event("customer.discount.created", half, utc(2, 1), "evt_discount"),
+        event("customer.subscription.updated", two_seats, utc(2, 1), "evt_seat", items=one_seat["items"]),
+        event("customer.subscription.updated", two_seats, utc(3, 1), "evt_removed", discounts=["di_half"]),
+    )
+    processing.drain(db, None, budget_s=60, after_apply=after_apply_for(keyed))
+    # Its retry applies it again, after its version was ranked behind the seat's.
+    later = utcnow() + timedelta(hours=1)
+    processing.drain(db, None, budget_s=60, after_apply=after_apply_for(keyed), clock=lambda: later)
+
+    with db.session() as session:
+        events = {e.id: (e.status, e.attempts) for e in session.scalars(select(StripeEvent))}
+        versions = session.execute(
+            select(SubscriptionSnapshot.source, SubscriptionSnapshot.rank)
+            .where(SubscriptionSnapshot.observed_at == utc(2, 1))
+            .order_by(SubscriptionSnapshot.rank)
+        ).all()
+    assert events["evt_discounted"] == ("processed", 2)
+    assert [tuple(v) for v in versions] == [("evt_seat", 0), ("evt_discounted", 1)]
+    # Two seats at half price on 1 February are worth one seat; the removal on 1 March doubles it.
+    assert movements(db) == [
+        ("cus_1", "2024-01-10", "new", 10000, ("evt_created",)),
+        ("cus_1", "2024-03-01", "expansion", 10000, ("evt_removed",)),
+    ]
 
 
 # --- A coupon's applies_to: included only when expanded -------------------------------------
