@@ -253,7 +253,14 @@ def _lines(invoice: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return [line for line in lines.get("data") or [] if isinstance(line, Mapping)]
 
 
-def _own_lines(subscription_id: str, invoice: Mapping[str, Any]) -> Iterator[tuple[int, Mapping[str, Any], str, bool]]:
+_OwnLine = tuple[int, Mapping[str, Any], str, bool]
+"""(position on the invoice, line, subscription item id, proration) of a line billing an item of the subscription."""
+
+_Invoiced = tuple[Mapping[str, Any], list[_OwnLine]]
+"""An invoice and its lines that bill the subscription's items."""
+
+
+def _own_lines(subscription_id: str, invoice: Mapping[str, Any]) -> Iterator[_OwnLine]:
     """(position, line, item id, proration) of every line of the invoice billing an item of this subscription.
 
     Nothing of a draft or void invoice. A line naming no subscription belongs to the invoice's.
@@ -270,7 +277,7 @@ def _own_lines(subscription_id: str, invoice: Mapping[str, Any]) -> Iterator[tup
             yield position, line, item_id or _id(line) or f"line {position}", proration
 
 
-def _billed_periods(subscription_id: str, invoice: Mapping[str, Any], rates: _Rates) -> list[_Billed]:
+def _billed_periods(invoice: Mapping[str, Any], own: Sequence[_OwnLine], rates: _Rates) -> list[_Billed]:
     """The invoice's regular lines of this subscription, grouped by `period.start`.
 
     Metered usage is billed in arrears: its line's period is the one before the
@@ -278,7 +285,7 @@ def _billed_periods(subscription_id: str, invoice: Mapping[str, Any], rates: _Ra
     makes a period of its own (which would replace the real one, billed on the
     previous invoice).
     """
-    period_lines = [line for _, line, _, proration in _own_lines(subscription_id, invoice) if not proration]
+    period_lines = [line for _, line, _, proration in own if not proration]
     metered = [_is_metered(rates(line)) for line in period_lines]
     starts = {_period_start(line) for line, usage in zip(period_lines, metered, strict=True) if not usage}
     if not starts:  # only metered lines: each period as billed
@@ -313,14 +320,14 @@ def _is_metered(rates: Mapping[str, Any]) -> bool:
     return _recurring(rates).get("usage_type") == "metered"
 
 
-def _latest_billing(subscription_id: str, invoices: Sequence[Mapping[str, Any]], rates: _Rates) -> list[_Billed]:
+def _latest_billing(invoices: Sequence[_Invoiced], rates: _Rates) -> list[_Billed]:
     """One billing per period start, sorted: a re-issued invoice (created later) replaces the earlier one.
 
     Ties on `created` go to the greater invoice id, so the input order never matters.
     """
     chosen: dict[datetime, _Billed] = {}
-    for invoice in invoices:
-        for billed in _billed_periods(subscription_id, invoice, rates):
+    for invoice, own in invoices:
+        for billed in _billed_periods(invoice, own, rates):
             held = chosen.get(billed.period_start)
             if held is None or _issue_order(billed.invoice) > _issue_order(held.invoice):
                 chosen[billed.period_start] = billed
@@ -342,7 +349,7 @@ def _rate_key(record: _Record, rates: _Rates) -> tuple[str | None, Any]:
 def _records(
     subscription_id: str,
     billings: Sequence[_Billed],
-    invoices: Sequence[Mapping[str, Any]],
+    invoices: Sequence[_Invoiced],
     invoice_items: Sequence[Mapping[str, Any]],
     rates: _Rates,
 ) -> list[_Record]:
@@ -373,9 +380,9 @@ def _records(
                 )
             )
     seen: set[str] = set()
-    for invoice in sorted(invoices, key=_issue_order):
+    for invoice, own in sorted(invoices, key=lambda invoiced: _issue_order(invoiced[0])):
         order = _issue_order(invoice)
-        for position, line, item_id, proration in _own_lines(subscription_id, invoice):
+        for position, line, item_id, proration in own:
             if not proration:
                 continue
             pending_item = _line_invoice_item(line)
@@ -689,7 +696,17 @@ def _rate_reader(prices: PriceLookup, current: Mapping[str, Any]) -> _Rates:
             seen[price_id] = prices(price_id) or current_prices.get(price_id)
         return seen[price_id]
 
-    return lambda line: _line_rates(line, stored)
+    # A line is read many times (grouping, trials, records, versions): once is enough. Lines live as long as
+    # the invoices the caller holds, so their ids stay theirs while the reader is used.
+    read: dict[int, dict[str, Any]] = {}
+
+    def rates(line: Mapping[str, Any]) -> dict[str, Any]:
+        found = read.get(id(line))
+        if found is None:
+            found = read[id(line)] = _line_rates(line, stored)
+        return found
+
+    return rates
 
 
 def _line_rates(line: Mapping[str, Any], stored: PriceLookup) -> dict[str, Any]:
@@ -1117,8 +1134,9 @@ def _history(
     """The moments of the current subscription's records, up to `end` (its own date) for what no record dates."""
     subscription = reader.current
     subscription_id = str(subscription["id"])
-    billings = _latest_billing(subscription_id, invoices, reader.rates)
-    records = _records(subscription_id, billings, invoices, invoice_items, reader.rates)
+    own = [(invoice, list(_own_lines(subscription_id, invoice))) for invoice in invoices]
+    billings = _latest_billing(own, reader.rates)
+    records = _records(subscription_id, billings, own, invoice_items, reader.rates)
     trials = _trials(subscription, billings, reader.rates)
     lasting = frozenset(item_id for item_id in map(_id, _items_of(subscription)) if item_id is not None)
     return _moments(records, trials, reader, lasting=lasting, end=end)
