@@ -229,6 +229,26 @@ def _movement_key(movement: ComputedMovement | Movement) -> tuple[Any, ...]:
     )
 
 
+def customer_changes(
+    session: Session,
+    customer_ids: Sequence[str],
+    rules: RuleSettings,
+    *,
+    now: datetime,
+    unread_applies_to: UnreadAppliesTo | None = None,
+) -> tuple[dict[str, list[Snapshot]], dict[str, list[Change]]]:
+    """The customers' stored versions and the changes in value they make up to `now` (mrr-rules.md §5).
+
+    Reads only. Raises `ledger.mrr.UnresolvedStripeObject` as `recompute_customers`
+    does, so a caller can fetch what is missing before anything is written.
+    """
+    snapshots = customer_snapshots(session, customer_ids, unread_applies_to=unread_applies_to)
+    changes = {
+        customer_id: subscription_changes(snapshots[customer_id], rules, until=now) for customer_id in customer_ids
+    }
+    return snapshots, changes
+
+
 def recompute_customers(
     session: Session,
     customer_ids: Sequence[str],
@@ -246,15 +266,12 @@ def recompute_customers(
     written then.
     """
     customer_ids = sorted(set(customer_ids))
+    snapshots, changes = customer_changes(session, customer_ids, rules, now=now, unread_applies_to=unread_applies_to)
     livemodes: dict[str, bool] = {
         customer_id: livemode
         for customer_id, livemode in session.execute(
             select(Customer.id, Customer.livemode).where(Customer.id.in_(customer_ids))
         )
-    }
-    snapshots = customer_snapshots(session, customer_ids, unread_applies_to=unread_applies_to)
-    changes = {
-        customer_id: subscription_changes(snapshots[customer_id], rules, until=now) for customer_id in customer_ids
     }
     computed = {customer_id: customer_movements(changes[customer_id], rules) for customer_id in customer_ids}
 

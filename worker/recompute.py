@@ -5,13 +5,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ledger.db import utcnow
-from ledger.engine import Recomputed, recompute_customer, recompute_customers, settle_ties, tied_subscriptions
+from ledger.engine import (
+    Recomputed,
+    customer_changes,
+    recompute_customer,
+    recompute_customers,
+    settle_ties,
+    tied_subscriptions,
+)
 from ledger.models import Subscription
 from ledger.mrr import UnresolvedStripeObject
 from ledger.resolve import UnreadAppliesTo
@@ -120,14 +128,16 @@ def fetch_missing(session: Session, api: StripeAPI, customer_id: str, missing: U
         _store_fetched_subscription(session, api, api.subscription(subscription_id))
 
 
-def recompute(session: Session, customer_id: str, settings: Settings, api: StripeAPI | None) -> Recomputed:
-    """Recompute one customer, fetching missing objects from Stripe as needed."""
+def fetch_references(
+    session: Session, customer_id: str, settings: Settings, api: StripeAPI | None, *, now: datetime
+) -> None:
+    """Fetch from Stripe, one by one, what the customer's stored versions name and nothing stored holds,
+    until they all can be valued; writes nothing else. `MissingStripeObject` when one cannot be had."""
     tried: set[str] = set()
     while True:
         try:
-            return recompute_customer(
-                session, customer_id, settings.rules, now=utcnow(), unread_applies_to=unread_applies_to(api)
-            )
+            customer_changes(session, [customer_id], settings.rules, now=now, unread_applies_to=unread_applies_to(api))
+            return
         except UnresolvedStripeObject as exc:
             key = f"{exc.object_id}/{exc.missing}"
             if api is None:
@@ -139,6 +149,13 @@ def recompute(session: Session, customer_id: str, settings: Settings, api: Strip
                 fetch_missing(session, api, customer_id, exc)
             except StripeUnavailable as unavailable:
                 raise MissingStripeObject(f"{exc}; {unavailable}") from None
+
+
+def recompute(session: Session, customer_id: str, settings: Settings, api: StripeAPI | None) -> Recomputed:
+    """Recompute one customer, fetching missing objects from Stripe first as needed."""
+    now = utcnow()
+    fetch_references(session, customer_id, settings, api, now=now)
+    return recompute_customer(session, customer_id, settings.rules, now=now, unread_applies_to=unread_applies_to(api))
 
 
 def _summary(result: Recomputed) -> str:
@@ -167,13 +184,16 @@ def after_apply_for(settings: Settings) -> AfterApply:
         for subscription_id, observed_at in tied_subscriptions(session, customers):
             if (subscription_id, observed_at) in touched:
                 settle_ties(session, subscription_id, observed_at, current_state)
+        now, unread = utcnow(), unread_applies_to(api)
         try:
-            results = recompute_customers(
-                session, customers, settings.rules, now=utcnow(), unread_applies_to=unread_applies_to(api)
-            )
+            results = recompute_customers(session, customers, settings.rules, now=now, unread_applies_to=unread)
         except UnresolvedStripeObject:
-            # Someone's subscription names an object not stored yet: go one by one, fetching.
-            results = [recompute(session, customer_id, settings, api) for customer_id in customers]
+            # Someone's subscription names an object not stored yet: fetch customer by customer, then
+            # recompute them together. Every customer adds to the same account_months and daily_totals
+            # rows; added to once per transaction, in key order, two workers never lock them crosswise.
+            for customer_id in customers:
+                fetch_references(session, customer_id, settings, api, now=now)
+            results = recompute_customers(session, customers, settings.rules, now=now, unread_applies_to=unread)
         return {result.customer_id: _summary(result) for result in results}
 
     return after_apply

@@ -21,6 +21,7 @@ import responses
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
+from ledger import engine
 from ledger.db import Database, utcnow
 from ledger.models import Movement, StripeEvent, SubscriptionSnapshot
 from ledger.settings import Settings
@@ -271,6 +272,41 @@ def test_update_naming_a_discount_before_its_event_arrived_is_retried_without_st
         ("cus_1", "2024-01-10", "new", 10000, ("evt_created",)),
         ("cus_1", "2024-03-01", "expansion", 10000, ("evt_removed",)),
     ]
+
+
+def test_a_batch_fetching_references_customer_by_customer_adds_to_the_account_totals_once(
+    client: FlaskClient, db: Database, keyed: Settings, stripe: FakeStripe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every customer's recompute adds to the same account_months and daily_totals rows. In key order
+    # within one statement, two workers never lock them crosswise; but a transaction adding to them
+    # again for a second customer would hold rows the other worker's next statement waits for.
+    quarter = discount("di_quarter", "QUARTER", utc(1, 10), customer="cus_a", sub_id="sub_a")
+    named = subscription(item(GOLD), start=utc(1, 10), discounts=["di_quarter"], customer="cus_a", sub_id="sub_a")
+    plain = subscription(item(GOLD), start=utc(2, 10), customer="cus_b", sub_id="sub_b")
+    stripe.add("coupons", coupon("QUARTER", 25, applies_to=None))  # no coupon.* event: read from Stripe
+    receive(
+        client,
+        event("customer.discount.created", quarter, utc(1, 10), "evt_discount"),
+        event("customer.subscription.created", named, utc(1, 10), "evt_a"),
+        event("customer.subscription.created", plain, utc(2, 10), "evt_b"),
+    )
+    added: list[str] = []
+    add_to_rows = engine.add_to_rows
+
+    def spy(session: Any, model: type[Any], rows: list[dict[str, Any]], **columns: Any) -> None:
+        added.append(model.__name__)
+        add_to_rows(session, model, rows, **columns)
+
+    monkeypatch.setattr(engine, "add_to_rows", spy)
+
+    processing.process_batch(db, ["cus_a", "cus_b"], now=utcnow(), after_apply=after_apply_for(keyed))
+
+    processed_first_time(db)
+    assert movements(db) == [
+        ("cus_a", "2024-01-10", "new", 7500, ("evt_a",)),
+        ("cus_b", "2024-02-10", "new", 10000, ("evt_b",)),
+    ]
+    assert added == ["DailyTotal", "AccountMonth"]
 
 
 # --- A coupon's applies_to: included only when expanded -------------------------------------
