@@ -73,14 +73,18 @@ def _discounts_of(subscription: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return found
 
 
-def _store_fetched_subscription(session: Session, api: StripeAPI, subscription: Mapping[str, Any]) -> None:
-    """Keep the discounts, coupons and tiered prices a fetched subscription carries."""
+def _store_fetched_subscription(session: Session, subscription: Mapping[str, Any]) -> None:
+    """Keep the discounts, coupons and tiered prices a fetched subscription carries.
+
+    A coupon a discount names by id is left to the engine, which reads it from
+    the store, from its queued event or from its own endpoint: Stripe still
+    shows a discount whose coupon was deleted since, and answers 404 for the
+    coupon, yet the discount still counts.
+    """
     now = utcnow()
     for discount in _discounts_of(subscription):
         source: Mapping[str, Any] = discount["source"] if isinstance(discount.get("source"), Mapping) else {}
         coupon = discount.get("coupon") or source.get("coupon")
-        if isinstance(coupon, str):
-            coupon = api.coupon(coupon)
         if isinstance(coupon, Mapping):
             record_object(session, coupon, observed_at=now)
         record_object(session, discount, observed_at=now)
@@ -125,7 +129,7 @@ def fetch_missing(session: Session, api: StripeAPI, customer_id: str, missing: U
     # they come expanded on their subscription. One removed since is only known from its own
     # customer.discount.* events, which are stored as they arrive.
     for subscription_id in session.scalars(select(Subscription.id).where(Subscription.customer_id == customer_id)):
-        _store_fetched_subscription(session, api, api.subscription(subscription_id))
+        _store_fetched_subscription(session, api.subscription(subscription_id))
 
 
 def fetch_references(

@@ -229,6 +229,30 @@ def test_coupon_created_event_still_queued_in_its_own_partition_values_the_subsc
     processed_first_time(db)
 
 
+def test_discount_stripe_still_shows_whose_coupon_was_deleted_since_values_the_subscription_before_its_event(
+    client: FlaskClient, db: Database, keyed: Settings, stripe: FakeStripe
+) -> None:
+    # The subscription names di_half before customer.discount.created arrives. Stripe still shows the
+    # discount on the subscription, but its coupon HALF was deleted since (GET /v1/coupons/HALF: 404).
+    half = discount("di_half", "HALF", utc(1, 10), customer="cus_1", sub_id="sub_1")
+    named = subscription(item(GOLD), start=utc(1, 10), discounts=["di_half"])
+    stripe.add("subscriptions", dict(named, discounts=[half]))
+
+    arrive(
+        client,
+        db,
+        keyed,
+        event("coupon.created", coupon("HALF", 50), utc(1, 1), "evt_coupon"),
+        event("customer.subscription.created", named, utc(1, 10), "evt_created"),
+        event("customer.discount.created", half, utc(1, 10), "evt_discount"),
+    )
+
+    # The discount is read from the subscription; its coupon from the store, and, its applies_to no
+    # longer readable, it reduces every item.
+    assert movements(db) == [("cus_1", "2024-01-10", "new", 5000, ("evt_created",))]
+    assert stripe.calls("/v1/coupons/HALF") == [{"expand[0]": "applies_to"}]
+
+
 def test_update_naming_a_discount_before_its_event_arrived_is_retried_without_storing_its_version_twice(
     client: FlaskClient, db: Database, keyed: Settings, stripe: FakeStripe
 ) -> None:
