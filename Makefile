@@ -44,7 +44,7 @@ screenshot: $(BIN)/subledger
 # 45.0–61.6%, sums 55.6–65.0%, customer-days 86.2–91.3%, final 147–148/150),
 # so that nothing gets worse while they are brought to 99.5% of customer-days,
 # 99% of monthly sums and every final MRR.
-REPLAY := cd bench && ../$(BIN)/python account_replay.py --customers 150 --months 12 --log ../account_replay.log
+REPLAY := $(BIN)/python bench/account_replay.py --customers 150 --months 12 --log account_replay.log
 REPLAY_MAX_RETRIES := --max-retries 100
 REPLAY_FLOORS_DROPPED := --floor-days 70 --floor-sums 70 --floor-customer-days 97 --floor-final 99
 REPLAY_FLOORS_BACKFILL := --floor-days 35 --floor-sums 45 --floor-customer-days 80 --floor-final 95
