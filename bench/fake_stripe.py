@@ -32,6 +32,7 @@ from their index on each request, so memory stays flat):
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 import json
 import re
@@ -809,8 +810,12 @@ class AccountStripe(FakeStripe):
 
     @staticmethod
     def _served(obj: dict[str, Any]) -> dict[str, Any]:
-        """A copy as Stripe serves it: includable fields left out, an invoice's first lines embedded."""
-        served = dict(obj)
+        """A deep copy as Stripe serves it: includable fields left out, an invoice's first lines embedded.
+
+        Deep, because expanding writes into what it serves (`tiers` on a price inside an item): a
+        shallow copy would change the account's own objects, and with them the webhooks sent later.
+        """
+        served = copy.deepcopy(obj)
         for field_name in INCLUDABLE.get(str(obj.get("object")), ()):
             served.pop(field_name, None)
         lines = obj.get("lines")
