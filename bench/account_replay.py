@@ -322,12 +322,17 @@ def event_status(db: Database) -> tuple[dict[str, int], int]:
     return {str(k): int(v) for k, v in counts.items()}, int(retried or 0)
 
 
+def _check_running(group: ProcessGroup) -> None:
+    """Stop the replay, naming it, when a process of the system has exited."""
+    if exited := group.exited():
+        raise SystemExit(f"replay: the {exited[0][0]} process exited with status {exited[0][1]}")
+
+
 def _wait_caught_up(db: Database, group: ProcessGroup) -> None:
     """Until the clock's first events catch-up has finished."""
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     while time.monotonic() < deadline:
-        if exited := group.exited():
-            raise SystemExit(f"replay: the {exited[0][0]} process exited with status {exited[0][1]}")
+        _check_running(group)
         with db.session() as session:
             finished = session.scalar(
                 select(func.count())
@@ -345,8 +350,7 @@ def wait_idle(db: Database, group: ProcessGroup, *, expected: int) -> tuple[dict
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     last_change, last = time.monotonic(), None
     while time.monotonic() < deadline:
-        if exited := group.exited():
-            raise SystemExit(f"replay: the {exited[0][0]} process exited with status {exited[0][1]}")
+        _check_running(group)
         counts, retried = event_status(db)
         pending = counts.get("pending", 0)
         if pending == 0 and sum(counts.values()) >= expected:
@@ -544,8 +548,7 @@ def _flush_redis(url: str) -> None:
 def _wait_healthy(url: str, group: ProcessGroup) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if exited := group.exited():
-            raise SystemExit(f"replay: the {exited[0][0]} process exited with status {exited[0][1]}")
+        _check_running(group)
         try:
             if requests.get(f"{url}/healthz", timeout=1).status_code == 200:
                 return
