@@ -60,7 +60,7 @@ from ledger.models import BackfillCustomer, Customer, StripeObject, SyncCheckpoi
 from ledger.mrr import UnresolvedStripeObject
 from ledger.settings import Settings
 from ledger.state import SubscriptionVersion, UnusableEvent, record_object, record_subscriptions
-from worker.recompute import MissingStripeObject, recompute
+from worker.recompute import MissingStripeObject, fetch_references, unread_applies_to
 from worker.runs import MAX_ERRORS_KEPT, one_line, save_checkpoint
 from worker.streams import Stream, ready_from
 from worker.stripe_api import NoSuchObject, StripeAPI, StripeUnavailable
@@ -331,13 +331,21 @@ class HistoryRebuild:
             with session.begin_nested():
                 results = recompute_customers(session, customers, self.settings.rules, now=utcnow())
         except UnresolvedStripeObject:
-            # Some subscription names an object not stored: one customer at a time, fetching it.
+            # Some subscription names an object not stored: fetch it customer by customer (which writes
+            # no ledger row), then recompute those that can be valued together. Every customer adds to
+            # the same account_months and daily_totals rows: added to once per transaction, in key
+            # order, the history and the workers never lock them crosswise.
+            now, valued = utcnow(), []
             for customer_id in customers:
                 try:
                     with session.begin_nested():
-                        results.append(recompute(session, customer_id, self.settings, self.api()))
+                        fetch_references(session, customer_id, self.settings, self.api(), now=now)
+                    valued.append(customer_id)
                 except MissingStripeObject as exc:
                     errors.append(f"customer {customer_id}: ledger not recomputed: {exc}")
+            results = recompute_customers(
+                session, valued, self.settings.rules, now=now, unread_applies_to=unread_applies_to(self.api())
+            )
         counts["ledgers recomputed"] += len(results)
         counts["movements added"] += sum(result.movements_added for result in results)
 
