@@ -127,6 +127,7 @@ FILTERS: dict[str, frozenset[str]] = {
     "invoices": frozenset({"status", "customer", "subscription"}),
     "events": frozenset({"type", "types", "delivery_success"}),
     "subscription_items": frozenset({"subscription"}),
+    "invoiceitems": frozenset({"customer", "invoice", "pending"}),
 }
 """Filters the fake implements beyond pagination; Stripe's others answer 400 here."""
 
@@ -670,13 +671,16 @@ class FakeStripe:
 def _catalog(
     name: str, objects: Sequence[dict[str, Any]], served: Callable[[dict[str, Any]], dict[str, Any]] = dict
 ) -> Collection:
-    ordered = sorted(objects, key=lambda obj: obj["created"])
+    def created(obj: dict[str, Any]) -> int:
+        return int(obj["date"] if obj.get("object") == "invoiceitem" else obj["created"])  # an item has a date
+
+    ordered = sorted(objects, key=created)
     by_id = {obj["id"]: rank for rank, obj in enumerate(ordered)}
     return Collection(
         name,
         None,
         len(ordered),
-        [obj["created"] for obj in ordered],
+        [created(obj) for obj in ordered],
         lambda rank: served(ordered[rank]),
         lambda rank: str(ordered[rank]["id"]),
         by_id.get,
@@ -793,7 +797,7 @@ class AccountStripe(FakeStripe):
             for item in subscription["items"]["data"]
         ]
         kept = [event for event in events if event["created"] >= now - EVENTS_KEPT_S]
-        kinds = ("customers", "products", "prices", "coupons", "subscriptions", "invoices")
+        kinds = ("customers", "products", "prices", "coupons", "subscriptions", "invoices", "invoiceitems")
         self.collections = {kind: _catalog(kind, objects.get(kind, []), self._served) for kind in kinds}
         self.collections["events"] = _catalog("events", kept)
         self.collections["subscription_items"] = _catalog("subscription_items", items)
@@ -855,6 +859,15 @@ class AccountStripe(FakeStripe):
         if kind == "events":
             types = set(query.types) | ({query.scalars["type"]} if "type" in query.scalars else set())
             return None if not types else lambda rank: field(rank, "type") in types
+        if kind == "invoiceitems":
+            pending, invoice = query.scalars.get("pending"), query.scalars.get("invoice")
+            if pending not in (None, "true", "false"):
+                raise StripeError(400, "Invalid boolean: pending", param="pending")
+            return lambda rank: (
+                (pending is None or (field(rank, "invoice") is None) == (pending == "true"))
+                and (invoice is None or field(rank, "invoice") == invoice)
+                and (customer is None or field(rank, "customer") == customer)
+            )
         if kind == "subscription_items":
             sub = query.scalars.get("subscription")
             if sub is None:

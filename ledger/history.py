@@ -667,6 +667,19 @@ def unvalued_coupon(discount: Mapping[str, Any]) -> str | None:
     return _id(coupon)
 
 
+def coupons_as_invoiced(versions: Sequence[HistoricalVersion]) -> dict[str, dict[str, Any]]:
+    """The coupons Stripe has deleted that the versions value as invoiced, by id, as the latest version
+    values each: what a version naming the discount by id (a webhook's) is valued with too."""
+    found: dict[str, dict[str, Any]] = {}
+    for version in versions:
+        holders = [version.subscription, *_items_of(version.subscription)]
+        for discount in _known_discounts(*holders).values():
+            coupon = _discount_coupon(discount)
+            if isinstance(coupon, Mapping) and coupon.get(AS_INVOICED_MARK) is not None and coupon.get("deleted"):
+                found[str(coupon["id"])] = dict(coupon)
+    return found
+
+
 # --- Prices --------------------------------------------------------------------------------
 
 

@@ -50,7 +50,7 @@ from worker.history import HISTORY_STREAM, POLL_S, HistoryFailed, HistoryProcess
 from worker.progress import NoProgress, ProgressReporter
 from worker.ratelimit import RateLimiter, stripe_limiter
 from worker.runs import MAX_ERRORS_KEPT, RunReport, finish_run, heartbeat, one_line, save_checkpoint, start_run
-from worker.streams import CUSTOMERS, FIRST_DAY, LISTINGS, WINDOWS, Listing, Stream, windows
+from worker.streams import CUSTOMERS, FIRST_DAY, LINE_EXPAND, LISTINGS, WINDOWS, Listing, Stream, windows
 from worker.stripe_api import PAGE_SIZE, ParameterRefused, StripeAPI, StripeUnavailable
 
 log = logging.getLogger("subledger.backfill")
@@ -464,7 +464,7 @@ class _Backfill:
         data = list(lines.get("data") or [])
         last = str(data[-1]["id"]) if data else None
         try:
-            for page in api.pages(f"/v1/invoices/{invoice['id']}/lines", starting_after=last):
+            for page in api.pages(f"/v1/invoices/{invoice['id']}/lines", starting_after=last, expand=LINE_EXPAND):
                 data.extend(page)
         except StripeUnavailable as exc:
             errors.append(f"invoice {invoice.get('id')}: its lines could not be read: {exc}")
@@ -495,8 +495,10 @@ class _Backfill:
             return
         # Subscriptions keep the discounts they carry whole, so a webhook naming one by id finds it.
         discounts = [d for obj in page for d in _discounts(obj)] if kind == "subscriptions" else []
-        # The customers invoices name are stored once every page is read (`read`), not page by page.
-        record_objects(session, [*page, *discounts], observed_at=read_at, customers=kind != "invoices")
+        # The customers invoices name are stored once every page is read (`read`), not page by page;
+        # a pending invoice item matters only to a customer with a subscription, stored with it.
+        named = kind not in ("invoices", "invoiceitems")
+        record_objects(session, [*page, *discounts], observed_at=read_at, customers=named)
         if kind != "subscriptions":
             return
         # Their customers' histories are to be rebuilt (worker.history), once read whole.

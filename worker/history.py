@@ -42,12 +42,14 @@ from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from typing import Any
 
+from redis import Redis, RedisError
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from ledger.db import Database, commit_without_waiting_for_disk, utcnow
 from ledger.engine import recompute_customers
 from ledger.history import (
+    coupons_as_invoiced,
     invoice_fields,
     invoice_item_subscription,
     invoice_subscription,
@@ -56,10 +58,11 @@ from ledger.history import (
     unvalued_coupon,
 )
 from ledger.logs import configure_logging
-from ledger.models import BackfillCustomer, Customer, StripeObject, SyncCheckpoint
+from ledger.models import BackfillCustomer, Customer, EventStatus, StripeEvent, StripeObject, SyncCheckpoint
 from ledger.mrr import UnresolvedStripeObject
 from ledger.settings import Settings
-from ledger.state import SubscriptionVersion, UnusableEvent, record_object, record_subscriptions
+from ledger.state import NEVER_OBSERVED, SubscriptionVersion, UnusableEvent, record_object, record_subscriptions
+from worker.queues import wake_shard
 from worker.recompute import MissingStripeObject, fetch_references, unread_applies_to
 from worker.runs import MAX_ERRORS_KEPT, one_line, save_checkpoint
 from worker.streams import Stream, ready_from
@@ -243,6 +246,7 @@ class HistoryRebuild:
                 .where(BackfillCustomer.run_id == self.run_id, BackfillCustomer.customer_id.in_(batch))
                 .values(rebuilt=True)
             )
+            due = self.retry_waiting(session, batch)
             for message in errors:
                 log.warning("backfill: %s", message)
             for message in notes:
@@ -253,7 +257,38 @@ class HistoryRebuild:
             )
             progress.add(len(batch), counts, errors, notes)
             progress.save(session, self.run_id)
+        self.wake(due)
         return True
+
+    @staticmethod
+    def retry_waiting(session: Session, customers: Sequence[str]) -> set[int]:
+        """Make the customers' events waiting for a retry due now; their shards.
+
+        What they waited for (an object Stripe no longer answers for, a coupon only
+        invoices value) may be what the batch has just stored.
+        """
+        shards = session.scalars(
+            update(StripeEvent)
+            .where(
+                StripeEvent.status == EventStatus.PENDING.value,
+                StripeEvent.attempts > 0,
+                StripeEvent.partition.in_(customers),
+            )
+            .values(next_attempt_at=utcnow())
+            .returning(StripeEvent.shard)
+        )
+        return set(shards)
+
+    def wake(self, shards: set[int]) -> None:
+        """Queue the shards' drain jobs; without Redis, the sweeper finds the events due."""
+        if not shards or not self.settings.redis_url:
+            return
+        try:
+            connection = Redis.from_url(self.settings.redis_url)
+            for shard in sorted(shards):
+                wake_shard(connection, shard)
+        except RedisError as exc:
+            log.warning("backfill: waiting events left to the sweeper: %s", exc)
 
     def finish(self) -> bool:
         """Record the end once no customer is left, taken or not; False while another worker's batch is open."""
@@ -291,6 +326,7 @@ class HistoryRebuild:
                 pending.setdefault(subscription_id, []).append(invoice_item)
         prices = self._price_lookup(session)
         histories: dict[str, list[SubscriptionVersion]] = {}
+        valued: dict[str, dict[str, Any]] = {}
         for subscription_id, payload, observed_at in subscriptions:
             own = sorted(
                 invoices.get(subscription_id, []), key=lambda invoice: (invoice.get("created") or 0, invoice["id"])
@@ -310,6 +346,7 @@ class HistoryRebuild:
                 continue
             if as_invoiced:
                 counts[AS_INVOICED] += len(as_invoiced)
+                valued.update(coupons_as_invoiced(history))
             histories[subscription_id] = [
                 SubscriptionVersion(v.subscription, v.observed_at, source=self.source) for v in history
             ]
@@ -326,6 +363,7 @@ class HistoryRebuild:
                     errors.append(f"subscription {subscription_id}: its history could not be stored: {exc}")
                     del histories[subscription_id]
         counts["subscription versions"] += sum(len(versions) for versions in histories.values())
+        self.store_valued_coupons(session, valued)
         results = []
         try:
             with session.begin_nested():
@@ -335,16 +373,16 @@ class HistoryRebuild:
             # no ledger row), then recompute those that can be valued together. Every customer adds to
             # the same account_months and daily_totals rows: added to once per transaction, in key
             # order, the history and the workers never lock them crosswise.
-            now, valued = utcnow(), []
+            now, fetched = utcnow(), list[str]()
             for customer_id in customers:
                 try:
                     with session.begin_nested():
                         fetch_references(session, customer_id, self.settings, self.api(), now=now)
-                    valued.append(customer_id)
+                    fetched.append(customer_id)
                 except MissingStripeObject as exc:
                     errors.append(f"customer {customer_id}: ledger not recomputed: {exc}")
             results = recompute_customers(
-                session, valued, self.settings.rules, now=now, unread_applies_to=unread_applies_to(self.api())
+                session, fetched, self.settings.rules, now=now, unread_applies_to=unread_applies_to(self.api())
             )
         counts["ledgers recomputed"] += len(results)
         counts["movements added"] += sum(result.movements_added for result in results)
@@ -390,6 +428,18 @@ class HistoryRebuild:
                     f"(Stripe has deleted its coupon {coupon_id})"
                 )
         return found
+
+    def store_valued_coupons(self, session: Session, coupons: Mapping[str, Mapping[str, Any]]) -> None:
+        """Store the deleted coupons the batch valued as invoiced where nothing stored values them.
+
+        A version naming one of their discounts by id (a webhook's, the events catch-up's) is then valued
+        as the history values it, instead of waiting for a coupon Stripe no longer answers for. Stored
+        as never read, so a copy of the coupon itself (a `coupon.deleted` event) replaces it.
+        """
+        for coupon_id, coupon in coupons.items():
+            stored = self._stored_object(session, coupon_id, "coupon")
+            if stored is None or (stored.get("percent_off") is None and stored.get("amount_off") is None):
+                record_object(session, coupon, observed_at=NEVER_OBSERVED, deleted=True)
 
     def _deleted_coupon(self, session: Session, coupon_id: str) -> Mapping[str, Any] | None:
         """What is known of a coupon Stripe has deleted (it answers 404); None when it can be read.

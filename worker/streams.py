@@ -1,8 +1,8 @@
 """What a backfill reads: Stripe's list endpoints, cut into checkpointed streams.
 
-The catalog (products, prices, coupons) is read whole; customers,
-subscriptions and invoices are cut into `created` windows read at the same
-time. A stream's name (`invoices:2024-01-01T00:00:00Z..2024-02-15T09:30:00Z`)
+The catalog (products, prices, coupons) and the pending invoice items are
+read whole; customers, subscriptions and invoices are cut into `created`
+windows read at the same time. A stream's name (`invoices:2024-01-01T00:00:00Z..2024-02-15T09:30:00Z`)
 is its checkpoint's key, so a resumed run reads exactly what it planned.
 
 Stripe filters every big list by `created`; some stand-ins for it do not
@@ -63,8 +63,18 @@ SUBSCRIPTIONS = Listing(
     {"status": "all", "expand": ["data.discounts", "data.items.data.discounts"]},
     windowed=True,
 )
-INVOICES = Listing("invoices", "/v1/invoices", {"expand": ["data.discounts"]}, windowed=True)
-LISTINGS = {listing.stream: listing for listing in (*CATALOG, CUSTOMERS, SUBSCRIPTIONS, INVOICES)}
+# A line names its discounts by id, and a discount removed from its subscription since is nowhere
+# else: expanded, it brings its coupon, which values the line as invoiced.
+INVOICES = Listing(
+    "invoices", "/v1/invoices", {"expand": ["data.discounts", "data.lines.data.discounts"]}, windowed=True
+)
+LINE_EXPAND = ["data.discounts"]
+"""What an invoice's lines read past the embedded ones expand, as `INVOICES` does for those."""
+# A proration not invoiced yet (`proration_behavior: create_prorations`) is a pending invoice item:
+# the only record of a change made since the subscription's last invoice (docs/mrr-rules.md §10).
+# Few at any time, so read whole. Billed ones are their invoices' lines.
+PENDING_ITEMS = Listing("invoiceitems", "/v1/invoiceitems", {"pending": "true"})
+LISTINGS = {listing.stream: listing for listing in (*CATALOG, CUSTOMERS, SUBSCRIPTIONS, INVOICES, PENDING_ITEMS)}
 KINDS = frozenset(listing.kind for listing in LISTINGS.values())
 
 

@@ -121,7 +121,10 @@ class FakeStripe:
         return 404, {}, json.dumps({"error": error})
 
     def _list(self, resource: str, query: Query) -> tuple[int, dict[str, str], str]:
-        objects = sorted(self.objects.get(resource, {}).values(), key=lambda o: (o.get("created", 0), o["id"]))
+        # An invoice item's `created` is its `date`.
+        objects = sorted(
+            self.objects.get(resource, {}).values(), key=lambda o: (o.get("created", o.get("date", 0)), o["id"])
+        )
         objects.reverse()
         bounds = {
             "created[gte]": lambda c, v: c >= v,
@@ -139,6 +142,8 @@ class FakeStripe:
         if resource == "subscriptions" and query.get("status") != "all":
             wanted = query.get("status")
             objects = [o for o in objects if (o["status"] == wanted if wanted else o["status"] != "canceled")]
+        if resource == "invoiceitems" and "pending" in query:
+            objects = [o for o in objects if (o.get("invoice") is None) == (query["pending"] == "true")]
         if resource == "invoices":
             objects = [self._embedded_lines(invoice) for invoice in objects]
         if resource == "subscriptions":

@@ -26,13 +26,15 @@ import responses
 from redis import Redis
 from sqlalchemy import delete, func, select, text, update
 
-from ledger.db import Database
+from ledger.db import Database, utcnow
+from ledger.intake import store_event
 from ledger.models import (
     BackfillCustomer,
     Base,
     Customer,
     Movement,
     RunStatus,
+    StripeEvent,
     StripeObject,
     SubscriptionSnapshot,
     SyncCheckpoint,
@@ -45,7 +47,9 @@ from worker.backfill import BackfillFailed, windows
 from worker.backfill import backfill as run_backfill
 from worker.cli import main
 from worker.history import HISTORY_STREAM, HistoryFailed, HistoryProcess, HistoryProgress, HistoryRebuild
+from worker.processing import drain
 from worker.progress import LogProgress
+from worker.recompute import after_apply_for
 from worker.streams import CATALOG, CUSTOMERS, INVOICES, SUBSCRIPTIONS, Stream, ready_from
 from worker.stripe_api import StripeUnavailable
 
@@ -193,6 +197,53 @@ def history_account(stripe: FakeStripe) -> None:
     )
 
 
+def pending_item(item_id: str, rate: dict[str, Any], start: datetime, end: datetime, amount: int) -> dict[str, Any]:
+    """A proration of sub_1's item not invoiced yet (`proration_behavior=create_prorations`)."""
+    return {
+        "id": item_id,
+        "object": "invoiceitem",
+        "amount": amount,
+        "currency": "usd",
+        "customer": "cus_1",
+        "date": ts(start),
+        "invoice": None,
+        "livemode": False,
+        "parent": {
+            "type": "subscription_details",
+            "subscription_details": {"subscription": "sub_1", "subscription_item": "si_1"},
+        },
+        "period": {"start": ts(start), "end": ts(end)},
+        "pricing": {"type": "price_details", "price_details": {"price": rate["id"], "product": rate["product"]}},
+        "proration": True,
+        "quantity": 1,
+    }
+
+
+def test_a_change_only_pending_invoice_items_show_is_dated_by_them(
+    db: Database, config: Settings, stripe: FakeStripe
+) -> None:
+    """docs/mrr-rules.md §10: upgraded on 20 January with its prorations left for the next invoice, which
+    is not out yet. The pending invoice items are the only record of when; the ones billed already
+    are their invoices' lines, so only pending ones are listed."""
+    stripe.add("products", product("prod_basic"), product("prod_pro"))
+    stripe.add("prices", dict(BASIC, created=ts(utc(1, 1)), livemode=False), dict(PRO, created=ts(utc(1, 1))))
+    stripe.add("customers", customer("cus_1", utc(1, 1)))
+    stripe.add("subscriptions", subscription(item(PRO), start=utc(1, 1)))
+    stripe.add("invoices", invoice("in_1", utc(1, 1), [line("il_1", BASIC, utc(1, 1), utc(2, 1))]))
+    stripe.add(
+        "invoiceitems",
+        pending_item("ii_credit", BASIC, utc(1, 20), utc(2, 1), -387),
+        pending_item("ii_charge", PRO, utc(1, 20), utc(2, 1), 1161),
+        dict(pending_item("ii_billed", PRO, utc(1, 1), utc(2, 1), 500), invoice="in_0"),
+    )
+    report = run_backfill(db, config)
+    assert report.status is RunStatus.OK, report.errors
+    source = [f"backfill:{report.run_id}"]
+    assert movements(db) == [("new", 1000, "2024-01-01", source), ("expansion", 2000, "2024-01-20", source)]
+    assert [query.get("pending") for query in stripe.calls("/v1/invoiceitems")] == ["true"]
+    assert set(stored(db, "invoiceitem")) == {"ii_credit", "ii_charge"}
+
+
 # --- fixtures and helpers ---------------------------------------------------------------------
 
 
@@ -282,6 +333,7 @@ def test_history_from_invoices_becomes_the_movements_webhooks_would_have_made(
         "/v1/customers",
         "/v1/subscriptions",
         "/v1/invoices",
+        "/v1/invoiceitems",
     }
     assert report.counts["prices"] == 2
     assert report.counts["customers"] == 1
@@ -310,7 +362,7 @@ def test_every_list_is_read_with_what_the_mrr_rules_need_expanded(
         "/v1/prices": ["data.tiers"],
         "/v1/coupons": ["data.applies_to"],
         "/v1/subscriptions": ["data.discounts", "data.items.data.discounts"],
-        "/v1/invoices": ["data.discounts"],
+        "/v1/invoices": ["data.discounts", "data.lines.data.discounts"],
     }
     assert all(len(value.split(".")) <= 4 for values in expansions.values() for value in values), "Stripe's depth limit"
     assert {query["status"] for query in stripe.calls("/v1/subscriptions")} == {"all"}
@@ -406,6 +458,45 @@ class InlineHistory:
         self.thread.join()
 
 
+def test_events_waiting_for_a_deleted_coupon_are_valued_as_its_invoices_value_it(
+    db: Database, config: Settings, stripe: FakeStripe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A webhook naming the discount by id waited for SUMMER15, which Stripe answers 404 for. The
+    backfill stores the coupon as the invoices value it (15% off), and the event is due again at once
+    rather than after its back-off; processed, it no longer waits."""
+    deleted_coupon_account(stripe)
+    updated = {
+        "id": "evt_summer",
+        "object": "event",
+        "type": "customer.subscription.updated",
+        "created": ts(utc(3, 15)),
+        "livemode": False,
+        "data": {"object": subscription(item(PRO), start=utc(1, 1), discounts=["di_summer"])},
+    }
+    with db.transaction() as session:
+        store_event(session, updated, received_via="webhook", now=utcnow())
+    after_apply = after_apply_for(config)
+    assert drain(db, None, budget_s=30, after_apply=after_apply).retrying == 1
+
+    def waiting() -> StripeEvent:
+        with db.session() as session:
+            event = session.get(StripeEvent, "evt_summer")
+            assert event is not None
+            return event
+
+    assert waiting().next_attempt_at is not None and waiting().next_attempt_at > utcnow()
+    monkeypatch.setattr("worker.backfill.HistoryProcess", InlineHistory)
+    report = run_backfill(db, config)
+    assert report.status is RunStatus.OK, report.errors
+    coupon = stored(db, "coupon")["SUMMER15"]
+    assert (coupon["percent_off"], coupon["amount_off"], coupon["deleted"]) == (15, None, True)
+    assert coupon["as_invoiced"], "marked as valued from invoices"
+    due = waiting().next_attempt_at
+    assert due is not None and due <= utcnow()
+    assert drain(db, None, budget_s=30, after_apply=after_apply).processed == 1
+    assert waiting().status == "processed"
+
+
 def test_a_coupon_stripe_deleted_is_valued_as_invoiced_and_noted_once(
     db: Database, config: Settings, stripe: FakeStripe, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -459,7 +550,9 @@ def test_invoice_lines_past_the_first_10_are_read_from_the_lines_endpoint(
     stripe.add("invoices", invoice("in_x", utc(1, 1), lines))
     report = run_backfill(db, config)
     assert report.status is RunStatus.OK
-    assert stripe.calls("/v1/invoices/in_x/lines") == [{"limit": "100", "starting_after": "il_09"}]
+    assert stripe.calls("/v1/invoices/in_x/lines") == [
+        {"limit": "100", "starting_after": "il_09", "expand[0]": "data.discounts"}
+    ]
     kept = stored(db, "invoice")["in_x"]["lines"]
     assert [entry["id"] for entry in kept["data"]] == [entry["id"] for entry in lines]
     assert kept["has_more"] is False
