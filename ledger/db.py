@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import DateTime, Engine, Select, Table, create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -18,6 +20,9 @@ from ledger import jsoncodec
 
 SQLITE_BUSY_TIMEOUT_S = 30
 """How long a SQLite writer waits for another one before giving up."""
+
+DEADLOCK_ATTEMPTS = 5
+"""How often `retrying_deadlocks` runs its work before letting a deadlock through."""
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -125,6 +130,29 @@ class Database:
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
+
+
+T = TypeVar("T")
+
+
+def retrying_deadlocks(session: Session, work: Callable[[], T]) -> T:
+    """`work()` in a savepoint, run again when PostgreSQL cancels it to break a deadlock.
+
+    Many rows written in one transaction (a backfill's page, a batch of
+    histories) can meet a worker's event locking some of the same rows in
+    another order. PostgreSQL cancels one of the two; rolled back to the
+    savepoint, this one releases the rows it took since, the other goes on,
+    and the work is done again. The transaction's earlier work is kept.
+    """
+    for attempt in range(1, DEADLOCK_ATTEMPTS + 1):
+        try:
+            with session.begin_nested():
+                return work()
+        except OperationalError as exc:
+            if getattr(exc.orig, "sqlstate", None) != "40P01" or attempt == DEADLOCK_ATTEMPTS:
+                raise
+            time.sleep(0.05 * attempt)
+    raise AssertionError("unreachable")
 
 
 def commit_without_waiting_for_disk(session: Session) -> None:

@@ -36,13 +36,14 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from ledger.db import Database, commit_without_waiting_for_disk, insert_all_unless_present, utcnow
+from ledger.db import Database, commit_without_waiting_for_disk, insert_all_unless_present, retrying_deadlocks, utcnow
 from ledger.models import BackfillCustomer, RunStatus, SyncCheckpoint, SyncRun
 from ledger.settings import Settings
 from ledger.state import UnusableEvent, customer_of, record_customers, record_named_customers, record_objects
@@ -477,15 +478,13 @@ class _Backfill:
     ) -> None:
         """Store a page with a few set-based statements; one by one if the page holds an unusable object."""
         try:
-            with session.begin_nested():
-                self._store_page(session, kind, page, read_at)
+            retrying_deadlocks(session, lambda: self._store_page(session, kind, page, read_at))
             return
         except UnusableEvent:
             pass
         for obj in page:
             try:
-                with session.begin_nested():
-                    self._store_page(session, kind, [obj], read_at)
+                retrying_deadlocks(session, partial(self._store_page, session, kind, [obj], read_at))
             except UnusableEvent as exc:
                 errors.append(f"{kind} {obj.get('id', '?')}: {exc}")
 

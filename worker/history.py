@@ -46,7 +46,7 @@ from redis import Redis, RedisError
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from ledger.db import Database, commit_without_waiting_for_disk, utcnow
+from ledger.db import Database, commit_without_waiting_for_disk, retrying_deadlocks, utcnow
 from ledger.engine import recompute_customers
 from ledger.history import (
     coupons_as_invoiced,
@@ -237,10 +237,13 @@ class HistoryRebuild:
             batch = list(session.scalars(claim))
             if not batch:
                 return False
-            counts = Counter[str]()
-            errors: list[str] = []
-            notes: list[str] = []
-            self.history_of(session, batch, counts, errors, notes)
+
+            def rebuild() -> tuple[Counter[str], list[str], list[str]]:
+                counts, errors, notes = Counter[str](), list[str](), list[str]()
+                self.history_of(session, batch, counts, errors, notes)
+                return counts, errors, notes
+
+            counts, errors, notes = retrying_deadlocks(session, rebuild)
             session.execute(
                 update(BackfillCustomer)
                 .where(BackfillCustomer.run_id == self.run_id, BackfillCustomer.customer_id.in_(batch))
