@@ -87,10 +87,15 @@ class BackfillFailed(RuntimeError):
     """The backfill stopped; the message says why in one line, and that it resumes."""
 
 
-def _discounts(subscription: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    found = [d for d in subscription.get("discounts") or [] if isinstance(d, Mapping)]
-    for item in (subscription.get("items") or {}).get("data") or []:
-        found.extend(d for d in item.get("discounts") or [] if isinstance(d, Mapping))
+def _discounts(holder: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The discounts a subscription (and its items) or an invoice (and its lines) carries expanded.
+
+    An invoice's are often the only copy left of a discount removed from its subscription since,
+    which an event naming it by id still needs.
+    """
+    found = [d for d in holder.get("discounts") or [] if isinstance(d, Mapping)]
+    for part in (holder.get("items") or holder.get("lines") or {}).get("data") or []:
+        found.extend(d for d in part.get("discounts") or [] if isinstance(d, Mapping))
     return found
 
 
@@ -492,8 +497,8 @@ class _Backfill:
         if kind == "customers":
             record_customers(session, page, observed_at=read_at)
             return
-        # Subscriptions keep the discounts they carry whole, so a webhook naming one by id finds it.
-        discounts = [d for obj in page for d in _discounts(obj)] if kind == "subscriptions" else []
+        # Subscriptions and invoices keep the discounts they carry whole, so a webhook naming one by id finds it.
+        discounts = [d for obj in page for d in _discounts(obj)] if kind in ("subscriptions", "invoices") else []
         # The customers invoices name are stored once every page is read (`read`), not page by page;
         # a pending invoice item matters only to a customer with a subscription, stored with it.
         named = kind not in ("invoices", "invoiceitems")

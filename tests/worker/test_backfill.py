@@ -381,6 +381,31 @@ def test_every_list_is_read_with_what_the_mrr_rules_need_expanded(
     assert set(stored(db, "discount")) == {"di_half"}
 
 
+def test_a_discount_only_invoices_still_carry_is_stored(db: Database, config: Settings, stripe: FakeStripe) -> None:
+    """Removed from its subscription since, a discount is left only on the invoices that applied it (on
+    the invoice, or on a line), expanded there; stored, an event naming it by id finds it."""
+    stripe.add("products", product("prod_basic"))
+    stripe.add("prices", dict(BASIC, created=ts(utc(1, 1)), livemode=False))
+    stripe.add("coupons", HALF)
+    stripe.add("customers", customer("cus_1", utc(1, 1)))
+    stripe.add("subscriptions", subscription(item(BASIC), start=utc(1, 1)))
+    on_line = line("il_2", BASIC, utc(2, 1), utc(3, 1))
+    on_line["discounts"] = [discount("di_line", "HALF", utc(1, 20), "sub_1")]
+    stripe.add(
+        "invoices",
+        invoice(
+            "in_1",
+            utc(1, 1),
+            [line("il_1", BASIC, utc(1, 1), utc(2, 1))],
+            discounts=[discount("di_whole", "HALF", utc(1, 1), "sub_1")],
+        ),
+        invoice("in_2", utc(2, 1), [on_line]),
+    )
+    report = run_backfill(db, config)
+    assert report.status is RunStatus.OK, report.errors
+    assert set(stored(db, "discount")) == {"di_whole", "di_line"}
+
+
 def deleted_coupon_account(stripe: FakeStripe) -> None:
     """cus_1 on pro since Jan 1 with SUMMER15 (15% off forever, applied Feb 10), a campaign coupon Stripe
     has deleted since (its discount names it by id, as from 2025-09-30.clover on; GET answers 404);
