@@ -65,9 +65,11 @@ from ledger.models import StripeEvent
 from ledger.settings import load_settings
 from worker.demo import DEMO_RULES, WebhookSender, deliver
 from worker.local import ProcessGroup, local_system
-from worker.synthetic import SyntheticAccount, generate_account
+from worker.synthetic import Behaviour, SyntheticAccount, generate_account
 
 MODES = ("ordered", "shuffled", "dropped", "backfill")
+ACCOUNTS = {"default": Behaviour, "all-invoiced": Behaviour.all_invoiced}
+"""The accounts a replay can simulate (`worker.synthetic.Behaviour`)."""
 SHUFFLED_DUPLICATES = 0.10
 SHUFFLED_CONNECTIONS = 8
 ORDERED_CONNECTIONS = 4
@@ -450,14 +452,18 @@ def replay(args: argparse.Namespace) -> Figures:
     rng = random.Random(args.seed)
     with timings.phase("generate"):
         account: SyntheticAccount = generate_account(
-            customers=args.customers, seed=args.seed, months=args.months, now=args.now
+            customers=args.customers,
+            seed=args.seed,
+            months=args.months,
+            now=args.now,
+            behaviour=ACCOUNTS[args.account](),
         )
         events = account.events()
         truth: CustomerSeries = account.expected_customer_mrr()
     now = datetime.fromtimestamp(account.now, UTC)
     first, last = datetime.fromtimestamp(account.start, UTC).date(), now.date()
     print(
-        f"account: {args.customers} customers, {args.months} months, seed {args.seed}, "
+        f"account: {args.account}, {args.customers} customers, {args.months} months, seed {args.seed}, "
         f"now {now.isoformat(timespec='seconds')}: {len(events)} events"
     )
 
@@ -649,6 +655,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--months", type=int, default=12)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--mode", choices=MODES, required=True)
+    parser.add_argument(
+        "--account",
+        choices=ACCOUNTS,
+        default="default",
+        help="default: every behaviour; all-invoiced: every change shown by an invoice or a proration",
+    )
     parser.add_argument(
         "--now",
         type=_instant,

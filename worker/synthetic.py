@@ -238,6 +238,18 @@ class Behaviour:
     """Send invoice and invoice item events and the renewal updates (the objects are kept either way)."""
 
     @classmethod
+    def all_invoiced(cls) -> Behaviour:
+        """An account whose every change an invoice or a proration shows (`history_limits()` is empty):
+        no `proration_behavior=none`, no coupon removed by hand, no pause, no `unpaid` spell."""
+        default = cls()
+        return cls(
+            trial_outcomes=tuple((outcome, weight) for outcome, weight in default.trial_outcomes if outcome != "pause"),
+            changes=tuple((change, w) for change, w in default.changes if change not in ("remove_coupon", "pause")),
+            prorations=tuple((proration, w) for proration, w in default.prorations if proration != "none"),
+            dunning_outcomes=tuple((outcome, w) for outcome, w in default.dunning_outcomes if outcome != "unpaid"),
+        )
+
+    @classmethod
     def demo(cls) -> Behaviour:
         """The demo's account: USD and EUR, nothing a webhook cannot show, no billing events (a faster demo).
 
@@ -2511,16 +2523,11 @@ class SyntheticAccount:
         """Customers with a change no Stripe record shows, each with what it was and when.
 
         A change made with `proration_behavior=none`, a coupon removed by hand,
-        paused collection, a switch to `unpaid`, a trial ending paused, and
-        prorations still pending at `now` (only invoice items show them).
+        paused collection, a switch to `unpaid`, and a trial ending paused.
+        Prorations still pending at `now` are records too: Stripe lists them
+        (`GET /v1/invoiceitems?pending=true`).
         """
-        limits = {customer: list(reasons) for customer, reasons in self.limits.items()}
-        for pending in self.invoice_items:
-            if pending.invoice is None:
-                subscription = pending.subscription
-                reason = f"{subscription.id}: a change shown only by pending invoice item {pending.id}"
-                limits.setdefault(subscription.customer.id, []).append(reason)
-        return limits
+        return {customer: list(reasons) for customer, reasons in self.limits.items()}
 
     def deleted_coupons(self) -> list[dict[str, Any]]:
         """Coupons deleted during the history (Stripe answers 404 for them; discounts made from them stay)."""

@@ -675,6 +675,16 @@ def test_history_limits_name_customers_with_the_reason() -> None:
         assert reasons and all(re.match(r"sub_1\w{23}: ", reason) for reason in reasons)
 
 
+def test_an_all_invoiced_account_has_no_history_limit_and_still_every_kind_of_record() -> None:
+    """What the replay's backfill floors are measured on: every change shown by an invoice or a proration."""
+    found = generate_account(customers=300, seed=0, now=NOW, months=12, behaviour=Behaviour.all_invoiced())
+    assert found.history_limits() == {}
+    items = found.objects()["invoiceitems"]
+    assert any(item["invoice"] is None for item in items), "prorations still pending at now"
+    assert any(item["invoice"] is not None for item in items), "prorations billed since"
+    assert found.deleted_coupons(), "coupons deleted while applied"
+
+
 # --- The simulation's own arithmetic, against docs/mrr-rules.md --------------------------------
 
 
