@@ -61,7 +61,7 @@ from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
 from ledger.db import Database
-from ledger.models import StripeEvent
+from ledger.models import StripeEvent, WaitingCustomer
 from ledger.settings import load_settings
 from worker.demo import DEMO_RULES, WebhookSender, deliver
 from worker.local import ProcessGroup, local_system
@@ -320,12 +320,20 @@ def fresh_database(url: str | None) -> Iterator[str]:
         admin.dispose()
 
 
+WAITING = "waiting customers"
+"""The key of `event_status`'s counts for customers whose ledger waits for an object (not an event status)."""
+
+
 def event_status(db: Database) -> tuple[dict[str, int], int]:
-    """Stored events by status, and how many needed more than one attempt."""
+    """Stored events by status (and the customers waiting), and how many events needed more than one attempt."""
     with db.session() as session:
         counts = dict(session.execute(select(StripeEvent.status, func.count()).group_by(StripeEvent.status)).all())
         retried = session.scalar(select(func.count()).select_from(StripeEvent).where(StripeEvent.attempts > 1))
-    return {str(k): int(v) for k, v in counts.items()}, int(retried or 0)
+        waiting = session.scalar(select(func.count()).select_from(WaitingCustomer))
+    found = {str(k): int(v) for k, v in counts.items()}
+    if waiting:
+        found[WAITING] = int(waiting)
+    return found, int(retried or 0)
 
 
 def _check_running(group: ProcessGroup) -> None:
@@ -341,7 +349,7 @@ def wait_idle(db: Database, group: ProcessGroup, *, expected: int) -> tuple[dict
     while time.monotonic() < deadline:
         _check_running(group)
         counts, retried = event_status(db)
-        pending = counts.get("pending", 0)
+        pending = counts.get("pending", 0) + counts.get(WAITING, 0)
         if pending == 0 and sum(counts.values()) >= expected:
             return counts, retried
         if counts != last:
@@ -467,6 +475,7 @@ def replay(args: argparse.Namespace) -> Figures:
         f"now {now.isoformat(timespec='seconds')}: {len(events)} events"
     )
 
+    log_start = args.log.stat().st_size if args.log.exists() else 0
     token, secret = secrets.token_urlsafe(24), "whsec_" + secrets.token_hex(16)
     fake = Server(AccountStripe(account.objects(), events, now=account.now, latency=args.latency)).start()
     port = _free_port()
@@ -524,10 +533,11 @@ def replay(args: argparse.Namespace) -> Figures:
             with timings.phase("scoring"):
                 movements, daily = read_ledger(url, token, first, last)
                 figures = compare(args.mode, truth, movements, daily, first=first, last=last)
-                figures.retried, figures.stuck = retried, counts.get("pending", 0) + counts.get("failed", 0)
+                figures.retried = retried
+                figures.stuck = counts.get("pending", 0) + counts.get("failed", 0) + counts.get(WAITING, 0)
         db.dispose()
     fake.close()
-    _print_report(figures, account, events, timings, delivered=len(delivered), log=args.log)
+    _print_report(figures, account, events, timings, delivered=len(delivered), log=args.log, log_start=log_start)
     return figures
 
 
@@ -574,6 +584,7 @@ def _print_report(
     *,
     delivered: int,
     log: Path,
+    log_start: int,
 ) -> None:
     phases = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings.phases.items())
     rate = delivered / timings.phases["delivery"] if delivered and timings.phases.get("delivery") else None
@@ -583,8 +594,11 @@ def _print_report(
     print(f"monthly sums exact (month, type, currency): {figures.monthly_sums[0]}/{figures.monthly_sums[1]}")
     print(f"customer-days exact: {figures.customer_days[0]}/{figures.customer_days[1]}")
     print(f"movements matched: {matched}/{expected} (the ledger has {got})")
-    print(f"events needing a retry: {figures.retried}; left pending or failed: {figures.stuck}")
-    for error, count in retry_causes(log).most_common(WORST_SHOWN):
+    print(
+        f"events needing a retry: {figures.retried}; "
+        f"left pending or failed (events), or waiting (customers): {figures.stuck}"
+    )
+    for error, count in retry_causes(log, log_start).most_common(WORST_SHOWN):
         print(f"  {count} × {error}")
     limits = account.history_limits()
     by_customer: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -607,11 +621,13 @@ def _print_report(
     print(figures.last_line())
 
 
-def retry_causes(log: Path) -> Counter[str]:
-    """Why events failed and waited for a retry, from the workers' log lines."""
+def retry_causes(log: Path, start: int = 0) -> Counter[str]:
+    """Why events failed and waited for a retry, from the workers' log lines written from byte `start` on
+    (the log is appended to, run after run)."""
     causes: Counter[str] = Counter()
-    with log.open(errors="replace") as lines:
-        for line in lines:
+    with log.open("rb") as written:
+        written.seek(start)
+        for line in written.read().decode(errors="replace").splitlines():
             if '"event failed' not in line:
                 continue
             with suppress(ValueError):

@@ -267,6 +267,26 @@ class BackfillCustomer(Base):
     rebuilt: Mapped[bool] = mapped_column(default=False)
 
 
+class WaitingCustomer(Base):
+    """A customer whose ledger waits for an object its events name and nothing stored holds yet.
+
+    Its events are applied (their versions are stored, they are facts); its
+    ledger is recomputed once the object is stored (its own event, a backfill)
+    or fetchable, and the row goes. Until then the ledger shows the customer
+    as of its last recompute, and `/metrics` counts it.
+    """
+
+    __tablename__ = "waiting_customers"
+
+    customer_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    object_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    """What it waits for (a discount, a coupon, a price), when one object is named."""
+    reason: Mapped[str] = mapped_column(Text)
+    since: Mapped[datetime]
+    checked_at: Mapped[datetime]
+    """When a recompute last found the object missing."""
+
+
 class DriftItem(Base):
     """One subscription whose ledger MRR differed from Stripe's in a reconciliation."""
 

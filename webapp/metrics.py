@@ -26,7 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ledger.db import utcnow
 from ledger.intake import QUEUE_NAME
-from ledger.models import EventStatus, RunStatus, StripeEvent, SyncRun
+from ledger.models import EventStatus, RunStatus, StripeEvent, SyncRun, WaitingCustomer
 from webapp.auth import require_api_token
 from webapp.services import Services, services
 from webapp.webhooks import COUNTERS_KEY
@@ -98,6 +98,7 @@ class SubledgerCollector(Collector):
                 oldest = session.scalar(
                     select(func.min(StripeEvent.received_at)).where(StripeEvent.status == EventStatus.PENDING.value)
                 )
+                waiting = session.scalar(select(func.count()).select_from(WaitingCustomer)) or 0
                 last_ok = dict(
                     session.execute(
                         select(SyncRun.kind, func.max(SyncRun.finished_at))
@@ -111,6 +112,11 @@ class SubledgerCollector(Collector):
         for status in EventStatus:
             events.add_metric([status.value], by_status.get(status.value, 0))
         yield events
+        yield GaugeMetricFamily(
+            "subledger_customers_waiting",
+            "Customers whose ledger waits for an object their events name (waiting_customers says which)",
+            value=waiting,
+        )
         lag = 0.0 if oldest is None else max((now - _aware(oldest)).total_seconds(), 0.0)
         yield GaugeMetricFamily(
             "subledger_processing_lag_seconds", "Now minus the arrival of the oldest pending event", value=lag

@@ -63,7 +63,13 @@ from ledger.mrr import UnresolvedStripeObject
 from ledger.settings import Settings
 from ledger.state import NEVER_OBSERVED, SubscriptionVersion, UnusableEvent, record_object, record_subscriptions
 from worker.queues import wake_shard
-from worker.recompute import MissingStripeObject, fetch_references, unread_applies_to
+from worker.recompute import (
+    MissingStripeObject,
+    fetch_references,
+    no_longer_waiting,
+    unread_applies_to,
+    wait_for,
+)
 from worker.runs import MAX_ERRORS_KEPT, one_line, save_checkpoint
 from worker.streams import Stream, ready_from
 from worker.stripe_api import NoSuchObject, StripeAPI, StripeUnavailable
@@ -376,7 +382,7 @@ class HistoryRebuild:
             # no ledger row), then recompute those that can be valued together. Every customer adds to
             # the same account_months and daily_totals rows: added to once per transaction, in key
             # order, the history and the workers never lock them crosswise.
-            now, fetched = utcnow(), list[str]()
+            now, fetched, waiting = utcnow(), list[str](), dict[str, MissingStripeObject]()
             for customer_id in customers:
                 try:
                     with session.begin_nested():
@@ -384,9 +390,12 @@ class HistoryRebuild:
                     fetched.append(customer_id)
                 except MissingStripeObject as exc:
                     errors.append(f"customer {customer_id}: ledger not recomputed: {exc}")
+                    waiting[customer_id] = exc
+            wait_for(session, waiting, now=now)  # the sweeper tries again, /metrics counts them
             results = recompute_customers(
                 session, fetched, self.settings.rules, now=now, unread_applies_to=unread_applies_to(self.api())
             )
+        no_longer_waiting(session, [result.customer_id for result in results])
         counts["ledgers recomputed"] += len(results)
         counts["movements added"] += sum(result.movements_added for result in results)
 

@@ -17,7 +17,7 @@ from ledger.models import EventStatus, StripeEvent
 from worker import context, processing
 from worker.defaults import DRAIN_BUDGET_S, STUCK_AFTER_S
 from worker.queues import wake_shard
-from worker.recompute import after_apply_for
+from worker.recompute import after_apply_for, retry_waiting
 from worker.runs import RunRefused
 
 log = logging.getLogger("subledger.worker")
@@ -64,7 +64,10 @@ def sweep() -> dict[str, Any]:
         wake_shard(connection, shard, force=True)
     if shards:
         log.warning("sweeper re-queued shards", extra={"shards": shards})
-    return {"requeued_shards": shards}
+    valued, waiting = retry_waiting(context.database(), context.settings())
+    if valued:
+        log.info("sweeper valued waiting customers", extra={"valued": valued, "still_waiting": waiting})
+    return {"requeued_shards": shards, "waiting_valued": valued, "still_waiting": waiting}
 
 
 def roll_forward() -> dict[str, Any]:

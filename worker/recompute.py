@@ -4,14 +4,14 @@ MRR rules need and the payloads lack, and recompute the customer's ledger."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from ledger.db import utcnow
+from ledger.db import Database, utcnow
 from ledger.engine import (
     Recomputed,
     customer_changes,
@@ -20,12 +20,12 @@ from ledger.engine import (
     settle_ties,
     tied_subscriptions,
 )
-from ledger.models import Subscription
+from ledger.models import StripeObject, Subscription, WaitingCustomer
 from ledger.mrr import UnresolvedStripeObject
 from ledger.resolve import UnreadAppliesTo
 from ledger.settings import Settings
 from ledger.state import NEVER_OBSERVED, Applied, record_object
-from worker.processing import AfterApply
+from worker.processing import AfterApply, lock_partition
 from worker.stripe_api import NoSuchObject, StripeAPI, StripeUnavailable
 from worker.subscription_items import complete_stored_items
 
@@ -34,9 +34,16 @@ log = logging.getLogger("subledger.worker")
 MAX_FETCHES_PER_CUSTOMER = 10
 """Distinct missing objects fetched for one customer before giving up."""
 
+WAITING_RETRY_BATCH = 100
+"""Waiting customers the sweeper recomputes in one pass."""
+
 
 class MissingStripeObject(RuntimeError):
-    """A referenced object is neither stored nor fetchable; the events are retried later."""
+    """A referenced object is neither stored nor fetchable: the customer's ledger waits for it."""
+
+    def __init__(self, message: str, *, object_id: str | None = None) -> None:
+        super().__init__(message)
+        self.object_id = object_id or None
 
 
 _UNREAD_LOGGED: set[str] = set()
@@ -145,14 +152,18 @@ def fetch_references(
         except UnresolvedStripeObject as exc:
             key = f"{exc.object_id}/{exc.missing}"
             if api is None:
-                raise MissingStripeObject(f"{exc}; set STRIPE_API_KEY so subledger can fetch it") from None
+                raise MissingStripeObject(
+                    f"{exc}; set STRIPE_API_KEY so subledger can fetch it", object_id=exc.object_id
+                ) from None
             if key in tried or len(tried) >= MAX_FETCHES_PER_CUSTOMER:
-                raise MissingStripeObject(f"{exc}; fetching it from Stripe did not help") from None
+                raise MissingStripeObject(
+                    f"{exc}; fetching it from Stripe did not help", object_id=exc.object_id
+                ) from None
             tried.add(key)
             try:
                 fetch_missing(session, api, customer_id, exc)
             except StripeUnavailable as unavailable:
-                raise MissingStripeObject(f"{exc}; {unavailable}") from None
+                raise MissingStripeObject(f"{exc}; {unavailable}", object_id=exc.object_id) from None
 
 
 def recompute(session: Session, customer_id: str, settings: Settings, api: StripeAPI | None) -> Recomputed:
@@ -188,16 +199,103 @@ def after_apply_for(settings: Settings) -> AfterApply:
         for subscription_id, observed_at in tied_subscriptions(session, customers):
             if (subscription_id, observed_at) in touched:
                 settle_ties(session, subscription_id, observed_at, current_state)
-        now, unread = utcnow(), unread_applies_to(api)
-        try:
-            results = recompute_customers(session, customers, settings.rules, now=now, unread_applies_to=unread)
-        except UnresolvedStripeObject:
-            # Someone's subscription names an object not stored yet: fetch customer by customer, then
-            # recompute them together. Every customer adds to the same account_months and daily_totals
-            # rows; added to once per transaction, in key order, two workers never lock them crosswise.
-            for customer_id in customers:
-                fetch_references(session, customer_id, settings, api, now=now)
-            results = recompute_customers(session, customers, settings.rules, now=now, unread_applies_to=unread)
-        return {result.customer_id: _summary(result) for result in results}
+        # Customers waiting for an object this batch (or anything since) stored are recomputed with it,
+        # unless another worker holds one (it recomputes it).
+        ready = [c for c in ready_to_value(session) if c in customers or lock_partition(session, c)]
+        customers = sorted({*customers, *ready})
+        summaries = recompute_or_wait(session, customers, settings, api)
+        return {customer_id: summaries[customer_id] for customer_id in summaries}
 
     return after_apply
+
+
+def recompute_or_wait(
+    session: Session, customers: Sequence[str], settings: Settings, api: StripeAPI | None
+) -> dict[str, str]:
+    """Recompute the customers' ledgers; one that names an object neither stored nor fetchable waits for it.
+
+    Its events stay applied: the ledger is a function of the stored versions,
+    so recomputed once the object is there, it is what it would have been had
+    the object come first. Every customer adds to the same account_months and
+    daily_totals rows: added to once per transaction, in key order, two
+    workers never lock them crosswise. A summary per customer.
+    """
+    now, unread = utcnow(), unread_applies_to(api)
+    waiting: dict[str, MissingStripeObject] = {}
+    try:
+        with session.begin_nested():
+            results = recompute_customers(session, customers, settings.rules, now=now, unread_applies_to=unread)
+    except UnresolvedStripeObject:
+        # Someone's subscription names an object not stored: fetch it customer by customer (which
+        # writes no ledger row), then recompute those that can be valued together.
+        valued = []
+        for customer_id in customers:
+            try:
+                with session.begin_nested():
+                    fetch_references(session, customer_id, settings, api, now=now)
+                valued.append(customer_id)
+            except MissingStripeObject as exc:
+                waiting[customer_id] = exc
+        results = recompute_customers(session, valued, settings.rules, now=now, unread_applies_to=unread)
+    wait_for(session, waiting, now=now)
+    summaries = {result.customer_id: _summary(result) for result in results}
+    no_longer_waiting(session, list(summaries))
+    for customer_id, missing in waiting.items():
+        summaries[customer_id] = f"waiting: {missing}"
+        log.warning("ledger waits for an object", extra={"customer": customer_id, "error": str(missing)})
+    return summaries
+
+
+def wait_for(session: Session, waiting: Mapping[str, MissingStripeObject], *, now: datetime) -> None:
+    """Record (or refresh) what each customer's ledger waits for.
+
+    An object stored already and still not enough (a coupon Stripe deleted, read without its terms)
+    is no arrival to wait for: the row names none, and only the sweeper tries again, rather than
+    every batch that follows.
+    """
+    for customer_id, missing in sorted(waiting.items()):
+        awaited = missing.object_id
+        if awaited is not None and session.get(StripeObject, awaited) is not None:
+            awaited = None
+        row = session.get(WaitingCustomer, customer_id)
+        if row is None:
+            row = WaitingCustomer(customer_id=customer_id, since=now)
+            session.add(row)
+        row.object_id, row.reason, row.checked_at = awaited, str(missing)[:2000], now
+    session.flush()
+
+
+def no_longer_waiting(session: Session, customers: Sequence[str]) -> None:
+    """The customers' ledgers are recomputed: whatever they waited for, they have."""
+    if customers:
+        session.execute(delete(WaitingCustomer).where(WaitingCustomer.customer_id.in_(customers)))
+
+
+def ready_to_value(session: Session) -> list[str]:
+    """Waiting customers whose object is stored now."""
+    return list(
+        session.scalars(
+            select(WaitingCustomer.customer_id).join(StripeObject, StripeObject.id == WaitingCustomer.object_id)
+        )
+    )
+
+
+def retry_waiting(db: Database, settings: Settings, *, limit: int = WAITING_RETRY_BATCH) -> tuple[int, int]:
+    """Recompute the customers waiting longest (the sweeper's pass), fetching what they lack anew:
+    (valued now, still waiting). A customer whose events are being processed is left to that worker."""
+    api = StripeAPI(settings) if settings.stripe_api_key else None
+    with db.session() as session:
+        customers = session.scalars(
+            select(WaitingCustomer.customer_id).order_by(WaitingCustomer.checked_at).limit(limit)
+        ).all()
+    valued = still = 0
+    for customer_id in customers:
+        with db.transaction() as session:
+            if not lock_partition(session, customer_id):
+                continue
+            summary = recompute_or_wait(session, [customer_id], settings, api)[customer_id]
+        if summary.startswith("waiting: "):
+            still += 1
+        else:
+            valued += 1
+    return valued, still

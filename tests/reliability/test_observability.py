@@ -19,7 +19,7 @@ from redis import Redis
 
 from ledger.db import Database, utcnow
 from ledger.logs import JsonFormatter
-from ledger.models import SyncRun
+from ledger.models import SyncRun, WaitingCustomer
 from ledger.settings import Settings
 from tests.processes import free_port
 from tests.reliability.scenario import age_pending_events, many_customers, process_env, start_worker, statuses, store
@@ -73,6 +73,14 @@ def test_webhook_outcomes_are_counted_by_outcome_and_reason(client: FlaskClient,
     assert samples['subledger_events{status="ignored"}'] == 1
     assert samples["subledger_queue_depth"] >= 1
     assert samples['subledger_source_up{source="redis"}'] == samples['subledger_source_up{source="database"}'] == 1
+
+
+def test_customers_waiting_for_an_object_are_counted(client: FlaskClient, db: Database) -> None:
+    assert scrape(client)["subledger_customers_waiting"] == 0
+    now = utcnow()
+    with db.transaction() as session:
+        session.add(WaitingCustomer(customer_id="cus_1", object_id="di_1", reason="missing", since=now, checked_at=now))
+    assert scrape(client)["subledger_customers_waiting"] == 1
 
 
 def test_lag_is_the_age_of_the_oldest_pending_event(client: FlaskClient, db: Database) -> None:

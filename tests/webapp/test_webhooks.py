@@ -237,7 +237,7 @@ def test_queue_down_still_stores_and_the_sweeper_picks_it_up_later(
         session.execute(update(StripeEvent).values(received_at=utcnow() - timedelta(minutes=5)))
     sweep = queue(redis).enqueue("worker.jobs.sweep")
     SimpleWorker([queue(redis)], connection=redis).work(burst=True)
-    assert sweep.return_value() == {"requeued_shards": [row.shard]}
+    assert sweep.return_value() == {"requeued_shards": [row.shard], "waiting_valued": 0, "still_waiting": 0}
     [row] = stored(db)
     assert row.status == "processed"
 

@@ -34,11 +34,11 @@ from ledger.models import (
     Customer,
     Movement,
     RunStatus,
-    StripeEvent,
     StripeObject,
     SubscriptionSnapshot,
     SyncCheckpoint,
     SyncRun,
+    WaitingCustomer,
 )
 from ledger.settings import ENV_VARIABLES, Settings
 from tests.ledger.subscription_payloads import item, many_items, price, subscription, ts, utc
@@ -483,43 +483,45 @@ class InlineHistory:
         self.thread.join()
 
 
-def test_events_waiting_for_a_deleted_coupon_are_valued_as_its_invoices_value_it(
+def test_a_ledger_waiting_for_a_deleted_coupon_is_valued_as_its_invoices_value_it(
     db: Database, config: Settings, stripe: FakeStripe, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A webhook naming the discount by id waited for SUMMER15, which Stripe answers 404 for. The
-    backfill stores the coupon as the invoices value it (15% off), and the event is due again at once
-    rather than after its back-off; processed, it no longer waits."""
+    """A webhook naming the discount by id needs SUMMER15, which Stripe answers 404 for: the event is
+    applied, the customer's ledger waits. The backfill stores the coupon as the invoices value it
+    (15% off), and the ledger no longer waits; a later event of the customer is valued with it."""
     deleted_coupon_account(stripe)
-    updated = {
-        "id": "evt_summer",
-        "object": "event",
-        "type": "customer.subscription.updated",
-        "created": ts(utc(3, 15)),
-        "livemode": False,
-        "data": {"object": subscription(item(PRO), start=utc(1, 1), discounts=["di_summer"])},
-    }
-    with db.transaction() as session:
-        store_event(session, updated, received_via="webhook", now=utcnow())
-    after_apply = after_apply_for(config)
-    assert drain(db, None, budget_s=30, after_apply=after_apply).retrying == 1
 
-    def waiting() -> StripeEvent:
+    def updated(event_id: str, day: int) -> dict[str, Any]:
+        return {
+            "id": event_id,
+            "object": "event",
+            "type": "customer.subscription.updated",
+            "created": ts(utc(3, day)),
+            "livemode": False,
+            "data": {"object": subscription(item(PRO), start=utc(1, 1), discounts=["di_summer"])},
+        }
+
+    def waiting() -> WaitingCustomer | None:
         with db.session() as session:
-            event = session.get(StripeEvent, "evt_summer")
-            assert event is not None
-            return event
+            return session.get(WaitingCustomer, "cus_1")
 
-    assert waiting().next_attempt_at is not None and waiting().next_attempt_at > utcnow()
+    with db.transaction() as session:
+        store_event(session, updated("evt_summer", 15), received_via="webhook", now=utcnow())
+    after_apply = after_apply_for(config)
+    assert drain(db, None, budget_s=30, after_apply=after_apply).processed == 1
+    found = waiting()
+    assert found is not None and found.object_id == "SUMMER15"
     monkeypatch.setattr("worker.backfill.HistoryProcess", InlineHistory)
     report = run_backfill(db, config)
     assert report.status is RunStatus.OK, report.errors
     coupon = stored(db, "coupon")["SUMMER15"]
     assert (coupon["percent_off"], coupon["amount_off"], coupon["deleted"]) == (15, None, True)
     assert coupon["as_invoiced"], "marked as valued from invoices"
-    due = waiting().next_attempt_at
-    assert due is not None and due <= utcnow()
+    assert waiting() is None
+    with db.transaction() as session:
+        store_event(session, updated("evt_later", 20), received_via="webhook", now=utcnow())
     assert drain(db, None, budget_s=30, after_apply=after_apply).processed == 1
-    assert waiting().status == "processed"
+    assert waiting() is None
 
 
 def test_a_coupon_stripe_deleted_is_valued_as_invoiced_and_noted_once(

@@ -23,7 +23,7 @@ from sqlalchemy import delete, select, text
 from ledger.db import Database, utcnow
 from ledger.engine import resum_totals
 from ledger.intake import store_event
-from ledger.models import AccountMonth, DailyTotal, Movement, StripeEvent, SubscriptionChange
+from ledger.models import AccountMonth, DailyTotal, Movement, StripeEvent, SubscriptionChange, WaitingCustomer
 from ledger.rollup import ACCOUNT_SUMS
 from ledger.settings import RuleSettings, Settings
 from tests.ledger.subscription_payloads import item, price, subscription, ts, utc
@@ -196,18 +196,26 @@ def test_discount_ids_are_fetched_from_stripe(
     assert [m[2:4] for m in movements(db)] == [("new", 5000)]
 
 
-def test_missing_discount_without_api_key_is_retried_with_a_clear_error(client, db: Database, worker_env) -> None:
+def test_missing_discount_without_api_key_leaves_the_ledger_waiting_with_a_clear_reason(
+    client, db: Database, worker_env
+) -> None:
+    """The event is applied (its version is a fact); the customer's ledger waits, saying for what and how
+    to fix it, and is recomputed once the discount arrives."""
     deliver(client, sub_event("evt_1", "created", discounted_subscription(), utc(1, 10)))
     report = processing.drain(db, None, budget_s=60, after_apply=after_apply_for(worker_env))
-    assert (report.processed, report.retrying) == (0, 1)
+    assert (report.processed, report.retrying) == (1, 0)
     with db.session() as session:
-        event = session.get(StripeEvent, "evt_1")
-        assert event is not None
-        assert event.status == "pending"
-        assert "di_half" in (event.last_error or "")
-        assert "STRIPE_API_KEY" in (event.last_error or "")
-        assert event.next_attempt_at is not None and event.next_attempt_at > utcnow()
+        waiting = session.get(WaitingCustomer, "cus_1")
+        assert waiting is not None and waiting.object_id == "di_half"
+        assert "STRIPE_API_KEY" in waiting.reason
     assert movements(db) == []
+    half = {"id": "HALF", "object": "coupon", "percent_off": 50, "amount_off": None, "duration": "forever"}
+    whole = stripe_discount() | {"source": {"type": "coupon", "coupon": half | {"applies_to": None}}}
+    deliver(client, current_event("customer.discount.created", whole, event_id="evt_2", created=ts(utc(1, 10))))
+    processing.drain(db, None, budget_s=60, after_apply=after_apply_for(worker_env))
+    with db.session() as session:
+        assert session.get(WaitingCustomer, "cus_1") is None
+    assert [m[2:4] for m in movements(db)] == [("new", 5000)]
 
 
 def daily_totals(db: Database) -> list[tuple[Any, ...]]:

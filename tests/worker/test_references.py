@@ -23,13 +23,13 @@ from sqlalchemy import select
 
 from ledger import engine
 from ledger.db import Database, utcnow
-from ledger.models import Movement, StripeEvent, SubscriptionSnapshot
+from ledger.models import Movement, StripeEvent, SubscriptionSnapshot, WaitingCustomer
 from ledger.settings import Settings
 from tests.ledger.subscription_payloads import item, price, subscription, ts, utc
 from tests.stripe_payloads import current_event, signed
 from tests.worker.stripe_http import BASE, FakeStripe
 from worker import processing
-from worker.recompute import after_apply_for
+from worker.recompute import after_apply_for, retry_waiting
 
 GOLD = price(10000, price_id="price_gold")
 
@@ -253,12 +253,12 @@ def test_discount_stripe_still_shows_whose_coupon_was_deleted_since_values_the_s
     assert stripe.calls("/v1/coupons/HALF") == [{"expand[0]": "applies_to"}]
 
 
-def test_update_naming_a_discount_before_its_event_arrived_is_retried_without_storing_its_version_twice(
+def test_update_naming_a_discount_before_its_event_arrived_waits_for_it_without_a_retry(
     client: FlaskClient, db: Database, keyed: Settings, stripe: FakeStripe
 ) -> None:
     # In one second Stripe added a seat (evt_seat) and a 50%-off discount (evt_discounted). The
     # discounted version arrives before customer.discount.created, and Stripe no longer has the
-    # discount (removed on 1 March): that version can only wait for a retry.
+    # discount (removed on 1 March): the event is applied, and the customer's ledger waits for it.
     half = discount("di_half", "HALF", utc(2, 1), customer="cus_1", sub_id="sub_1")
     one_seat = subscription(item(GOLD), start=utc(1, 10))
     two_seats = subscription(item(GOLD, 2), start=utc(1, 10))
@@ -267,10 +267,14 @@ def test_update_naming_a_discount_before_its_event_arrived_is_retried_without_st
     stripe.add("coupons", coupon("HALF", 50, applies_to=None))
     arrive(client, db, keyed, event("customer.subscription.created", one_seat, utc(1, 10), "evt_created"))
     receive(client, event("customer.subscription.updated", discounted, utc(2, 1), "evt_discounted", discounts=[]))
-    processing.drain(db, None, budget_s=60, after_apply=after_apply_for(keyed))
+    assert processing.drain(db, None, budget_s=60, after_apply=after_apply_for(keyed)).retrying == 0
+    with db.session() as session:
+        waiting = session.get(WaitingCustomer, "cus_1")
+        assert waiting is not None and waiting.object_id == "di_half"
+        assert "discount di_half is an id, not an object" in waiting.reason
 
     # Then the discount and the seat arrive; the discounted version, stored already, is settled after
-    # the seat's (its previous_attributes say so) and values the ledger before its own retry.
+    # the seat's (its previous_attributes say so), and the ledger is valued with the discount.
     receive(
         client,
         event("customer.discount.created", half, utc(2, 1), "evt_discount"),
@@ -278,9 +282,6 @@ def test_update_naming_a_discount_before_its_event_arrived_is_retried_without_st
         event("customer.subscription.updated", two_seats, utc(3, 1), "evt_removed", discounts=["di_half"]),
     )
     processing.drain(db, None, budget_s=60, after_apply=after_apply_for(keyed))
-    # Its retry applies it again, after its version was ranked behind the seat's.
-    later = utcnow() + timedelta(hours=1)
-    processing.drain(db, None, budget_s=60, after_apply=after_apply_for(keyed), clock=lambda: later)
 
     with db.session() as session:
         events = {e.id: (e.status, e.attempts) for e in session.scalars(select(StripeEvent))}
@@ -289,13 +290,60 @@ def test_update_naming_a_discount_before_its_event_arrived_is_retried_without_st
             .where(SubscriptionSnapshot.observed_at == utc(2, 1))
             .order_by(SubscriptionSnapshot.rank)
         ).all()
-    assert events["evt_discounted"] == ("processed", 2)
+        assert session.get(WaitingCustomer, "cus_1") is None
+    assert set(events.values()) == {("processed", 1)}
     assert [tuple(v) for v in versions] == [("evt_seat", 0), ("evt_discounted", 1)]
     # Two seats at half price on 1 February are worth one seat; the removal on 1 March doubles it.
     assert movements(db) == [
         ("cus_1", "2024-01-10", "new", 10000, ("evt_created",)),
         ("cus_1", "2024-03-01", "expansion", 10000, ("evt_removed",)),
     ]
+
+
+def test_a_ledger_waiting_for_a_coupon_is_valued_when_the_coupon_arrives_in_its_own_event(
+    client: FlaskClient, db: Database, keyed: Settings, stripe: FakeStripe
+) -> None:
+    # The coupon's own event comes last (shuffled delivery), and Stripe has deleted the coupon since
+    # (404): the customer's ledger waits for it. The coupon event's partition is the coupon, not the
+    # customer; the batch that stores it values the waiting customer.
+    half = discount("di_half", "HALF", utc(2, 1), customer="cus_1", sub_id="sub_1")
+    discounted = subscription(item(GOLD), start=utc(2, 1), discounts=["di_half"])
+    stripe.add("subscriptions", dict(discounted, discounts=[half]))
+    arrive(
+        client,
+        db,
+        keyed,
+        event("customer.discount.created", half, utc(2, 1), "evt_discount"),
+        event("customer.subscription.created", discounted, utc(2, 1), "evt_created"),
+    )
+    with db.session() as session:
+        waiting = session.get(WaitingCustomer, "cus_1")
+        assert waiting is not None and waiting.object_id == "HALF"
+    assert movements(db) == []
+    arrive(client, db, keyed, event("coupon.created", coupon("HALF", 50, applies_to=None), utc(1, 1), "evt_coupon"))
+    with db.session() as session:
+        assert session.get(WaitingCustomer, "cus_1") is None
+        assert {e.attempts for e in session.scalars(select(StripeEvent))} == {1}
+    assert movements(db) == [("cus_1", "2024-02-01", "new", 5000, ("evt_created",))]
+
+
+def test_the_sweeper_values_a_waiting_ledger_once_stripe_gives_what_it_waits_for(
+    client: FlaskClient, db: Database, keyed: Settings, stripe: FakeStripe
+) -> None:
+    """Stripe's subscription does not show the discount yet when the event is processed (its reads
+    can lag its events): the ledger waits, and the sweeper's pass (`retry_waiting`) fetches again."""
+    half = discount("di_half", "HALF", utc(2, 1), customer="cus_1", sub_id="sub_1")
+    discounted = subscription(item(GOLD), start=utc(2, 1), discounts=["di_half"])
+    stripe.add("subscriptions", dict(discounted, discounts=[]))
+    stripe.add("coupons", coupon("HALF", 50, applies_to=None))
+    arrive(client, db, keyed, event("customer.subscription.created", discounted, utc(2, 1), "evt_created"))
+    assert retry_waiting(db, keyed) == (0, 1)
+    assert movements(db) == []
+    stripe.add("subscriptions", dict(discounted, discounts=[half]))
+    assert retry_waiting(db, keyed) == (1, 0)
+    with db.session() as session:
+        assert session.get(WaitingCustomer, "cus_1") is None
+    assert movements(db) == [("cus_1", "2024-02-01", "new", 5000, ("evt_created",))]
 
 
 def test_a_batch_fetching_references_customer_by_customer_adds_to_the_account_totals_once(
