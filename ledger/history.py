@@ -668,15 +668,25 @@ def unvalued_coupon(discount: Mapping[str, Any]) -> str | None:
 
 
 def coupons_as_invoiced(versions: Sequence[HistoricalVersion]) -> dict[str, dict[str, Any]]:
-    """The coupons Stripe has deleted that the versions value as invoiced, by id, as the latest version
-    values each: what a version naming the discount by id (a webhook's) is valued with too."""
+    """The coupons Stripe has deleted that the versions value as a percentage off, by id, as the latest
+    version values each: what a version naming one of their discounts by id (a webhook's) is valued with.
+
+    Only a percentage is the coupon's own: an amount, or the products it was found to reduce, is what
+    it took off this subscription's items, not what it takes off another's.
+    """
     found: dict[str, dict[str, Any]] = {}
     for version in versions:
         holders = [version.subscription, *_items_of(version.subscription)]
         for discount in _known_discounts(*holders).values():
             coupon = _discount_coupon(discount)
-            if isinstance(coupon, Mapping) and coupon.get(AS_INVOICED_MARK) is not None and coupon.get("deleted"):
-                found[str(coupon["id"])] = dict(coupon)
+            if (
+                isinstance(coupon, Mapping)
+                and coupon.get(AS_INVOICED_MARK) is not None
+                and coupon.get("deleted")
+                and coupon.get("percent_off") is not None
+            ):
+                restricted = _mapping(coupon.get("applies_to")).get("products")
+                found[str(coupon["id"])] = dict(coupon, applies_to={"products": restricted} if restricted else None)
     return found
 
 
@@ -799,9 +809,12 @@ class _Reader:
     def apply(self, state: _State, records: Sequence[_Record]) -> str:
         """Apply the records of one instant; the source of the version they make.
 
-        A credit and a debit of one item at the same price and quantity cancel
-        (two changes at once); a billed period wins over both. The invoice of a
-        billed period, or one made by the change itself, says the
+        A credit cancels a debit, else a billed period, of one item at the same
+        price and quantity: two changes at once, the second undoing what the
+        first added or billed (a plan switch billed at once, then a quantity
+        change in the same second). What is left billed wins over what is left
+        debited; a billed period all credited removes the item. The invoice of
+        a billed period, or one made by the change itself, says the
         subscription's discounts from then on.
         """
         by_item: dict[str, list[_Record]] = {}
@@ -811,14 +824,17 @@ class _Reader:
             credits = [record for record in own if record.effect == _REMOVED]
             debits = [record for record in own if record.effect == _ADDED]
             billed = [record for record in own if record.effect == _BILLED]
-            for debit in list(debits):
-                match = next((c for c in credits if _rate_key(c, self.rates) == _rate_key(debit, self.rates)), None)
-                if match is not None:
-                    credits.remove(match)
-                    debits.remove(debit)
+            was_billed = bool(billed)
+            for added in (debits, billed):
+                for record in list(added):
+                    key = _rate_key(record, self.rates)
+                    match = next((c for c in credits if _rate_key(c, self.rates) == key), None)
+                    if match is not None:
+                        credits.remove(match)
+                        added.remove(record)
             if billed or debits:
                 state.items[item_id] = self.item((billed or debits)[-1], state.items.get(item_id))
-            elif credits:
+            elif credits or was_billed:
                 state.items.pop(item_id, None)
         carrier = _carrier(records)
         if carrier is not None:

@@ -240,11 +240,14 @@ class Behaviour:
     @classmethod
     def all_invoiced(cls) -> Behaviour:
         """An account whose every change an invoice or a proration shows (`history_limits()` is empty):
-        no `proration_behavior=none`, no coupon removed by hand, no pause, no `unpaid` spell."""
+        no `proration_behavior=none`, no coupon added or removed after signup, no pause, no `unpaid` spell."""
         default = cls()
         return cls(
             trial_outcomes=tuple((outcome, weight) for outcome, weight in default.trial_outcomes if outcome != "pause"),
-            changes=tuple((change, w) for change, w in default.changes if change not in ("remove_coupon", "pause")),
+            # A coupon added mid-life may end before what it reduces is invoiced again: only signups get them.
+            changes=tuple(
+                (change, w) for change, w in default.changes if change not in ("coupon", "remove_coupon", "pause")
+            ),
             prorations=tuple((proration, w) for proration, w in default.prorations if proration != "none"),
             dunning_outcomes=tuple((outcome, w) for outcome, w in default.dunning_outcomes if outcome != "unpaid"),
         )
@@ -1290,7 +1293,10 @@ class SyntheticAccount:
                 if self.rng.random() < self.behaviour.same_second_change_rate and self._steady(subscription):
                     # A second change in the same second (two API calls at once): a different kind of
                     # change, so neither undoes the other and `previous_attributes` chain them.
-                    self._act(subscription, "quantity" if what == "coupon" else "coupon", when)
+                    coupons = any(change == "coupon" for change, _ in self.behaviour.changes)
+                    second = "quantity" if what == "coupon" or not coupons else "coupon"
+                    if second != what:
+                        self._act(subscription, second, when)
                 continue
             clock = when
             if what in subscription.timers:
@@ -2523,11 +2529,35 @@ class SyntheticAccount:
         """Customers with a change no Stripe record shows, each with what it was and when.
 
         A change made with `proration_behavior=none`, a coupon removed by hand,
-        paused collection, a switch to `unpaid`, and a trial ending paused.
-        Prorations still pending at `now` are records too: Stripe lists them
-        (`GET /v1/invoiceitems?pending=true`).
+        paused collection, a switch to `unpaid`, a trial ending paused, and a
+        discount that began and ended between two invoices of what it reduced
+        (a repeating coupon on a yearly item). Prorations still pending at
+        `now` are records too: Stripe lists them (`GET /v1/invoiceitems?pending=true`).
         """
-        return {customer: list(reasons) for customer, reasons in self.limits.items()}
+        limits = {customer: list(reasons) for customer, reasons in self.limits.items()}
+        billed = [invoice for invoice in self.invoices if invoice.status not in ("draft", "void")]
+        invoiced = {discount.id for invoice in billed for discount in invoice.discounts} | {
+            discount_id
+            for invoice in billed
+            for charge in invoice.charges
+            for _, discount_id in charge.discount_amounts
+        }
+        subscriptions = {s.id: s for customer in self.customers for s in customer.subscriptions}
+        for discount in self.discounts:
+            ended = discount.removed_at if discount.removed_at is not None else discount.end
+            if ended is None or ended > self.now or ended <= discount.start or discount.id in invoiced:
+                continue
+            subscription = subscriptions[discount.subscription]
+            if subscription.trial_end is not None and ended <= subscription.trial_end:
+                continue  # it reduced nothing: the subscription was on trial
+            if subscription.ended_at is not None and subscription.ended_at <= discount.start:
+                continue
+            reason = (
+                f"{discount.subscription}: discount {discount.id} ({discount.coupon.id}) from {_day(discount.start)} "
+                f"to {_day(ended)} on no invoice (no record shows it)"
+            )
+            limits.setdefault(discount.customer, []).append(reason)
+        return limits
 
     def deleted_coupons(self) -> list[dict[str, Any]]:
         """Coupons deleted during the history (Stripe answers 404 for them; discounts made from them stay)."""

@@ -253,6 +253,31 @@ def interval_switch_invoiced_at_once(plans: Plans) -> Case:
     return plans.case(plans.current(yearly), invoices, expected)
 
 
+def change_in_the_second_of_an_interval_switch(plans: Plans) -> Case:
+    # Switched to yearly (billed at once), then 3 seats in the same second: the seats' invoice credits
+    # the yearly seat its neighbour billed, and its id sorts first.
+    shape, at, year_end = plans.shape, utc(2, 10, 11), utc(2, 10, 11, year=2025)
+    yearly = shape.price(50000, "price_basic_yearly", "prod_basic", interval="year")
+    plans.prices = price_lookup(plans.basic, plans.pro, yearly)
+    switch = shape.invoice(
+        "in_switch",
+        shape.proration_line(plans.basic, 1, start=at, end=utc(3, 1, 9), amount=-1121),
+        shape.period_line(yearly, start=at, end=year_end),
+        created=at,
+        billing_reason="subscription_update",
+    )
+    seats = shape.invoice(
+        "in_a_seats",
+        shape.proration_line(yearly, 1, start=at, end=year_end, amount=-50000),
+        shape.proration_line(yearly, 3, start=at, end=year_end, amount=150000),
+        created=at,
+        billing_reason="subscription_update",
+    )
+    expected = [basic_in("in_jan", 1), (at, "invoice:in_switch", "active", (("price_basic_yearly", 3),))]
+    invoices = [plans.renewal("in_jan", 1, plans.basic), plans.renewal("in_feb", 2, plans.basic), switch, seats]
+    return plans.case(plans.current(yearly, 3), invoices, expected)
+
+
 def metered_usage_rides_with_its_invoice(plans: Plans) -> Case:
     shape = plans.shape
     usage = shape.price(2, "price_usage", "prod_usage", usage_type="metered")
@@ -443,6 +468,10 @@ RULES = [
     pytest.param(uninvoiced_change_dated_at_the_next_invoice, id="an uninvoiced change is dated at the next invoice"),
     pytest.param(item_ends_with_its_billed_period, id="an item no longer on the subscription ends with its period"),
     pytest.param(interval_switch_invoiced_at_once, id="an interval switch is dated at its own invoice"),
+    pytest.param(
+        change_in_the_second_of_an_interval_switch,
+        id="a change in the second of an interval switch: its credit cancels the period just billed",
+    ),
     pytest.param(invoice_items_ignored, id="invoice items and one-off lines ignored"),
     pytest.param(metered_usage_rides_with_its_invoice, id="metered usage billed in arrears makes no period"),
     pytest.param(draft_and_void_ignored, id="draft and void invoices ignored"),
