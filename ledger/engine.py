@@ -38,7 +38,7 @@ from ledger.ordering import TiedVersion, needs_current_state, settle_order
 from ledger.resolve import UnreadAppliesTo, fetch_first, resolve_subscription
 from ledger.rollup import ACCOUNT_SUMS, CustomerMonth, account_contribution, customer_months
 from ledger.settings import RuleSettings
-from ledger.state import NEVER_OBSERVED, RANK_RECONCILE
+from ledger.state import NEVER_OBSERVED, RANK_HISTORY
 from ledger.timeline import Change, Snapshot, subscription_changes
 
 TABLES: dict[str, Table] = {
@@ -177,7 +177,7 @@ def settle_ties(session: Session, subscription_id: str, observed_at: datetime, c
         select(SubscriptionSnapshot).where(
             SubscriptionSnapshot.subscription_id == subscription_id,
             SubscriptionSnapshot.observed_at == observed_at,
-            SubscriptionSnapshot.rank < RANK_RECONCILE,
+            SubscriptionSnapshot.rank < RANK_HISTORY,
         )
     ).all()
     if len(rows) < 2:
@@ -443,7 +443,7 @@ def tied_subscriptions(session: Session, customer_ids: Sequence[str]) -> list[tu
     """(subscription, second) pairs where several event versions share one second."""
     rows = session.execute(
         select(SubscriptionSnapshot.subscription_id, SubscriptionSnapshot.observed_at)
-        .where(SubscriptionSnapshot.customer_id.in_(customer_ids), SubscriptionSnapshot.rank < RANK_RECONCILE)
+        .where(SubscriptionSnapshot.customer_id.in_(customer_ids), SubscriptionSnapshot.rank < RANK_HISTORY)
         .group_by(SubscriptionSnapshot.subscription_id, SubscriptionSnapshot.observed_at)
         .having(func.count() > 1)
     )

@@ -39,6 +39,10 @@ RANK_EVENT = 0
 """Snapshot rank of a version carried by an event. Versions of one subscription
 stamped with the same second are re-ranked 0, 1, 2, … in the order
 ledger.ordering settles."""
+RANK_HISTORY = 500
+"""Snapshot rank of a version a backfill rebuilt from Stripe's records: the state once everything at
+its instant is done, so inside its second it comes after the events' versions (the clock's events
+catch-up stores them beside a backfill), which are ranked among themselves only."""
 RANK_RECONCILE = 1000
 """Snapshot rank of a reconciliation's correcting version: inside its second it comes last."""
 

@@ -61,7 +61,14 @@ from ledger.logs import configure_logging
 from ledger.models import BackfillCustomer, Customer, EventStatus, StripeEvent, StripeObject, SyncCheckpoint
 from ledger.mrr import UnresolvedStripeObject
 from ledger.settings import Settings
-from ledger.state import NEVER_OBSERVED, SubscriptionVersion, UnusableEvent, record_object, record_subscriptions
+from ledger.state import (
+    NEVER_OBSERVED,
+    RANK_HISTORY,
+    SubscriptionVersion,
+    UnusableEvent,
+    record_object,
+    record_subscriptions,
+)
 from worker.queues import wake_shard
 from worker.recompute import (
     MissingStripeObject,
@@ -357,7 +364,7 @@ class HistoryRebuild:
                 counts[AS_INVOICED] += len(as_invoiced)
                 valued.update(coupons_as_invoiced(history))
             histories[subscription_id] = [
-                SubscriptionVersion(v.subscription, v.observed_at, source=self.source) for v in history
+                SubscriptionVersion(v.subscription, v.observed_at, self.source, RANK_HISTORY) for v in history
             ]
         try:
             with session.begin_nested():

@@ -15,7 +15,7 @@ from ledger.mrr import UnresolvedStripeObject
 from ledger.ordering import TiedVersion, settle_order
 from ledger.resolve import resolve_subscription
 from ledger.settings import RuleSettings
-from ledger.state import record_object, record_subscription
+from ledger.state import RANK_HISTORY, record_object, record_subscription
 from tests.ledger.subscription_payloads import item, price, subscription, ts, utc
 from tests.stripe_payloads import current_event
 
@@ -192,6 +192,31 @@ def test_same_second_ties_fall_back_to_the_current_api_state(db: Database) -> No
     assert ranks == {"evt_a": 0, "evt_b": 1}
     result = recompute(db, "cus_1")
     assert [(m.type, m.amount) for m in result.movements] == [("new", 10000), ("expansion", 10000)]
+
+
+def test_a_backfill_version_in_the_second_of_two_events_comes_after_both(db: Database) -> None:
+    # Two seats, then three in the same second; a backfill, with the clock's events catch-up running
+    # beside it, rebuilds that second from its prorations: the state once both changes are done.
+    one, two, three = (subscription(item(price(10000), quantity=q), start=utc(1, 10)) for q in (1, 2, 3))
+    rebuilt = {**three, "metadata": {"rebuilt": "from the invoices"}}  # not the events' copy
+    tie = utc(2, 1)
+    store(db, one, utc(1, 10), "evt_0")
+    store(db, three, tie, "evt_b")
+    store(db, two, tie, "evt_a")
+    with db.transaction() as session:
+        record_subscription(session, rebuilt, observed_at=tie, source="backfill:run_1", rank=RANK_HISTORY)
+        settle_ties(session, "sub_1", tie, lambda _id: rebuilt)  # the API shows three seats
+    with db.session() as session:
+        ranks = dict(
+            session.execute(
+                select(SubscriptionSnapshot.source, SubscriptionSnapshot.rank).where(
+                    SubscriptionSnapshot.observed_at == tie
+                )
+            ).all()
+        )
+    assert ranks == {"evt_a": 0, "evt_b": 1, "backfill:run_1": RANK_HISTORY}
+    result = recompute(db, "cus_1")
+    assert [(m.type, m.amount) for m in result.movements] == [("new", 10000), ("expansion", 20000)]
 
 
 def test_settle_order_by_previous_attributes_ignores_list_order() -> None:

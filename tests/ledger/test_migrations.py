@@ -203,3 +203,28 @@ def test_runs_recorded_before_the_api_version_keep_none(engine: Engine) -> None:
     assert [tuple(row) for row in rows] == [("backfill_earlier", None), ("reconcile_now", "2025-10-29.clover")]
     migrate.downgrade(engine, "0009")
     assert "stripe_api_version" not in {column["name"] for column in inspect(engine).get_columns("sync_runs")}
+
+
+def test_versions_an_earlier_backfill_rebuilt_rank_after_the_events_of_their_second(engine: Engine) -> None:
+    migrate.upgrade(engine, "0011")
+    tie = datetime(2026, 2, 1, tzinfo=UTC)
+    snapshots = Base.metadata.tables["subscription_snapshots"]
+
+    def snapshot(source: str, rank: int, content: str) -> dict[str, Any]:
+        common = {"subscription_id": "sub_1", "customer_id": "cus_1", "livemode": False, "observed_at": tie}
+        return common | {"rank": rank, "source": source, "content_hash": content, "payload": {"id": "sub_1"}}
+
+    with engine.begin() as connection:
+        connection.execute(
+            snapshots.insert(),
+            [
+                snapshot("evt_a", 0, "two seats"),
+                snapshot("backfill:run_1", 1, "three seats"),  # ranked among the events
+                snapshot("evt_b", 2, "three seats"),
+                snapshot("backfill:run_2", 0, "three seats"),  # the same rebuilt copy, stored again
+            ],
+        )
+    migrate.upgrade(engine)
+    with engine.connect() as connection:
+        rows = connection.execute(text("SELECT source, rank FROM subscription_snapshots ORDER BY rank, source")).all()
+    assert [tuple(row) for row in rows] == [("evt_a", 0), ("evt_b", 2), ("backfill:run_1", 500)]
