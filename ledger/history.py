@@ -668,11 +668,12 @@ def unvalued_coupon(discount: Mapping[str, Any]) -> str | None:
 
 
 def coupons_as_invoiced(versions: Sequence[HistoricalVersion]) -> dict[str, dict[str, Any]]:
-    """The coupons Stripe has deleted that the versions value as a percentage off, by id, as the latest
-    version values each: what a version naming one of their discounts by id (a webhook's) is valued with.
+    """The coupons Stripe has deleted that the versions value as invoiced, by id, as the latest version
+    values each: what a version naming one of their discounts by id (a webhook's) is valued with.
 
-    Only a percentage is the coupon's own: an amount, or the products it was found to reduce, is what
-    it took off this subscription's items, not what it takes off another's.
+    A coupon that took nothing is left out (a discount met only on trial invoices, or on items it does
+    not reduce): 0 off says nothing of the coupon. The products it was found to reduce are kept only
+    when there are some.
     """
     found: dict[str, dict[str, Any]] = {}
     for version in versions:
@@ -683,7 +684,7 @@ def coupons_as_invoiced(versions: Sequence[HistoricalVersion]) -> dict[str, dict
                 isinstance(coupon, Mapping)
                 and coupon.get(AS_INVOICED_MARK) is not None
                 and coupon.get("deleted")
-                and coupon.get("percent_off") is not None
+                and (coupon.get("percent_off") is not None or int(coupon.get("amount_off") or 0) > 0)
             ):
                 restricted = _mapping(coupon.get("applies_to")).get("products")
                 found[str(coupon["id"])] = dict(coupon, applies_to={"products": restricted} if restricted else None)

@@ -406,7 +406,7 @@ def test_a_discount_only_invoices_still_carry_is_stored(db: Database, config: Se
     assert set(stored(db, "discount")) == {"di_whole", "di_line"}
 
 
-def deleted_coupon_account(stripe: FakeStripe) -> None:
+def deleted_coupon_account(stripe: FakeStripe, taken: int = 450) -> None:
     """cus_1 on pro since Jan 1 with SUMMER15 (15% off forever, applied Feb 10), a campaign coupon Stripe
     has deleted since (its discount names it by id, as from 2025-09-30.clover on; GET answers 404);
     a second subscription, from Mar 1, with a coupon Stripe still has."""
@@ -437,7 +437,7 @@ def deleted_coupon_account(stripe: FakeStripe) -> None:
             invoice(
                 f"in_{month}",
                 utc(month, 1),
-                [discounted(f"il_{month}", PRO, month, 450, "di_summer")],
+                [discounted(f"il_{month}", PRO, month, taken, "di_summer")],
                 discounts=[summer],
             )
             for month in (3, 4)
@@ -483,13 +483,20 @@ class InlineHistory:
         self.thread.join()
 
 
+@pytest.mark.parametrize(("taken", "valued"), [(450, (15, None)), (1000, (None, 1000))], ids=["15% off", "10.00 off"])
 def test_a_ledger_waiting_for_a_deleted_coupon_is_valued_as_its_invoices_value_it(
-    db: Database, config: Settings, stripe: FakeStripe, monkeypatch: pytest.MonkeyPatch
+    db: Database,
+    config: Settings,
+    stripe: FakeStripe,
+    monkeypatch: pytest.MonkeyPatch,
+    taken: int,
+    valued: tuple[int | None, int | None],
 ) -> None:
     """A webhook naming the discount by id needs SUMMER15, which Stripe answers 404 for: the event is
     applied, the customer's ledger waits. The backfill stores the coupon as the invoices value it
-    (15% off), and the ledger no longer waits; a later event of the customer is valued with it."""
-    deleted_coupon_account(stripe)
+    (a percentage, or an amount off), and the ledger no longer waits; a later event of the customer
+    is valued with it."""
+    deleted_coupon_account(stripe, taken)
 
     def updated(event_id: str, day: int) -> dict[str, Any]:
         return {
@@ -515,7 +522,7 @@ def test_a_ledger_waiting_for_a_deleted_coupon_is_valued_as_its_invoices_value_i
     report = run_backfill(db, config)
     assert report.status is RunStatus.OK, report.errors
     coupon = stored(db, "coupon")["SUMMER15"]
-    assert (coupon["percent_off"], coupon["amount_off"], coupon["deleted"]) == (15, None, True)
+    assert (coupon["percent_off"], coupon["amount_off"], coupon["deleted"]) == (*valued, True)
     assert coupon["as_invoiced"], "marked as valued from invoices"
     assert waiting() is None
     with db.transaction() as session:
