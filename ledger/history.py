@@ -28,7 +28,7 @@ from fractions import Fraction
 from typing import Any
 
 from ledger import jsoncodec
-from ledger.mrr import MONTHS_FACTOR, UnresolvedStripeObject, item_amount, round_half_up
+from ledger.mrr import UnresolvedStripeObject, item_amount
 
 PriceLookup = Callable[[str], Mapping[str, Any] | None]
 """Stored price objects by id (with `tiers` when tiered); None when the price is not stored."""
@@ -581,9 +581,10 @@ def _coupon_as_invoiced(
 
     What it took off each item's last billed line is the evidence. When one
     percentage (two decimals at most) took exactly every amount off what was
-    left on its line, the coupon is that `percent_off`; else it is the
-    amounts, each normalised by its item's interval (§3) and expressed per the
-    shortest one (how `ledger.mrr` reads an `amount_off`), rounded half-up once.
+    left on its line, the coupon is that `percent_off`; else it is an
+    `amount_off` of what it took off the latest invoice that billed one of the
+    items: Stripe takes an amount off once per invoice, whatever the lines'
+    intervals (`ledger.mrr` reads it per the shortest one).
     `restrict` (a subscription-level discount): an item billed on an invoice
     that listed the discount but took nothing off it is left out (`applies_to`,
     the products of the others); an item not billed since the discount began
@@ -591,7 +592,8 @@ def _coupon_as_invoiced(
     """
     discount_id = _id(discount) or ""
     entry = dict(discount) if isinstance(discount, Mapping) else {"id": discount_id, "object": "discount"}
-    shares: list[tuple[_Taken, Fraction]] = []
+    shares: list[_Taken] = []
+    by_invoice: dict[tuple[int, str], int] = {}
     kept: list[_Item] = []
     for item in taken_by:
         taken = item.invoiced.get(discount_id)
@@ -600,14 +602,11 @@ def _coupon_as_invoiced(
             continue  # the invoice applied it, and it took nothing off this item
         kept.append(item)
         if taken is not None and taken.amount:
-            recurring = _recurring(item.rate)
-            interval = str(recurring.get("interval") or "month")
-            shares.append((taken, MONTHS_FACTOR.get(interval, Fraction(1)) / int(recurring.get("interval_count") or 1)))
-    percent = _percentage([taken for taken, _ in shares])
-    amount_off = None
-    if percent is None:
-        shortest = max((factor for _, factor in shares), default=Fraction(1))
-        amount_off = round_half_up(sum((t.amount * factor for t, factor in shares), Fraction(0)) / shortest)
+            shares.append(taken)
+            on = _issue_order(item.billed_on) if item.billed_on is not None else (0, "")
+            by_invoice[on] = by_invoice.get(on, 0) + taken.amount
+    percent = _percentage(shares)
+    amount_off = None if percent is not None else by_invoice[max(by_invoice)] if by_invoice else 0
     products = {_id(_mapping(item.rate.get("price") or item.rate.get("plan")).get("product")) for item in kept}
     applies_to = None
     if restrict and len(kept) < len(taken_by) and None not in products:

@@ -1026,6 +1026,44 @@ def test_a_deleted_coupon_on_mixed_intervals_is_valued_per_item_interval() -> No
     assert subscription_mrr(version.subscription, utc(2, 2, year=2025), RuleSettings()).net == 8800
 
 
+def test_a_deleted_amount_off_coupon_on_mixed_intervals_is_what_it_took_off_one_invoice() -> None:
+    """10.00 off a 1,200/yr item and a 30/mo item: Stripe takes it once per invoice, 9.93 and 0.07 off
+    January's two lines, 10.00 off each monthly invoice after: 120.00 a month, not 10.00 + 9.93/12 off."""
+    annual = CURRENT.price(120000, "price_annual", "prod_annual", interval="year")
+    monthly = CURRENT.price(3000, "price_monthly", "prod_addon")
+    start = utc(1, 1, 9, year=2025)
+    discount = CURRENT.discount(20, discount_id="di_cyber", start=start, coupon_id="CYBER10", coupon_by_id=True)
+
+    def monthly_line(month: int, taken: int) -> dict[str, Any]:
+        return CURRENT.period_line(
+            monthly, start=utc(month, 1, 9, year=2025), item_id="si_month", discount_amounts=[(taken, "di_cyber")]
+        )
+
+    year_line = CURRENT.period_line(
+        annual, start=start, end=utc(1, 1, 9, year=2026), item_id="si_year", discount_amounts=[(993, "di_cyber")]
+    )
+    invoices = [
+        CURRENT.invoice("in_01", year_line, monthly_line(1, 7), created=start, discounts=[discount]),
+        *(
+            CURRENT.invoice(f"in_0{month}", monthly_line(month, 1000), created=utc(month, 1, 9, year=2025))
+            for month in (2, 3)
+        ),
+    ]
+    for invoice in invoices[1:]:
+        invoice["discounts"] = [discount]
+    current = CURRENT.subscription((annual, 1, "si_year"), (monthly, 1, "si_month"), start=start, discounts=[discount])
+    (version,) = reconstruct(
+        current,
+        invoices,
+        prices=price_lookup(annual, monthly).get,
+        read_at=utc(3, 15, year=2025),
+        as_invoiced={"di_cyber": {"id": "CYBER10"}},
+    )
+    coupon = version.subscription["discounts"][0]["source"]["coupon"]
+    assert (coupon["percent_off"], coupon["amount_off"], coupon["currency"]) == (None, 1000, "usd")
+    assert subscription_mrr(version.subscription, utc(3, 2, year=2025), RuleSettings()).net == 10000 + 3000 - 1000
+
+
 def test_a_deleted_coupon_that_reduced_one_item_applies_to_its_product() -> None:
     """A subscription-level 50% off the add-on only: the invoices show 5.00 off the add-on's line."""
     plans = Plans(CURRENT)
