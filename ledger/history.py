@@ -1026,10 +1026,20 @@ class _Moment:
 
 def _carrier(records: Sequence[_Record]) -> Mapping[str, Any] | None:
     """The invoice whose `discounts` are the subscription's from these records' instant on: the one billing
-    a period, else one made by the change itself (`subscription_update`)."""
+    a period, else one made by the change itself (`subscription_update`, created at that instant). A
+    later change's invoice also bills the prorations still pending from earlier ones (on a yearly
+    plan, months earlier): its `discounts` are those of its own instant, not of theirs."""
     carrier = next((record.holder for record in records if record.effect == _BILLED), None)
     if carrier is None:
-        carrier = next((r.holder for r in records if r.holder.get("billing_reason") == CHANGE_INVOICE), None)
+        carrier = next(
+            (
+                r.holder
+                for r in records
+                if r.holder.get("billing_reason") == CHANGE_INVOICE
+                and _issue_order(r.holder)[0] == int(r.at.timestamp())
+            ),
+            None,
+        )
     return carrier
 
 

@@ -1026,6 +1026,38 @@ def test_a_deleted_coupon_on_mixed_intervals_is_valued_per_item_interval() -> No
     assert subscription_mrr(version.subscription, utc(2, 2, year=2025), RuleSettings()).net == 8800
 
 
+def test_prorations_a_later_change_invoices_keep_the_discount_of_their_own_instant() -> None:
+    """A yearly plan with 20% off until 1 May: a second seat on 1 March (prorations left pending), a
+    third on 1 July invoiced at once. July's invoice, made after the discount ended, bills March's
+    prorations too: they still date 2 seats at 20% off, not 2 seats at full price."""
+    yearly = CURRENT.price(120000, "price_yearly", "prod_basic", interval="year")
+    start, march, july, year_end = utc(1, 1, 9), utc(3, 1, 9), utc(7, 1, 9), utc(1, 1, 9, year=2025)
+    discount = CURRENT.discount(20, discount_id="di_spring", start=start)
+    discount["end"] = ts(utc(5, 1, 9))
+    january = CURRENT.invoice(
+        "in_jan",
+        CURRENT.period_line(yearly, start=start, end=year_end, discount_amounts=[(24000, "di_spring")]),
+        created=start,
+        discounts=[discount],
+    )
+    seats = CURRENT.invoice(
+        "in_jul",
+        CURRENT.proration_line(yearly, 1, start=march, end=year_end, amount=-100000, invoice_item="ii_march_1"),
+        CURRENT.proration_line(yearly, 2, start=march, end=year_end, amount=200000, invoice_item="ii_march_2"),
+        CURRENT.proration_line(yearly, 2, start=july, end=year_end, amount=-100000),
+        CURRENT.proration_line(yearly, 3, start=july, end=year_end, amount=150000),
+        created=july,
+        billing_reason="subscription_update",
+    )
+    versions = reconstruct(
+        CURRENT.subscription((yearly, 3, "si_1"), start=start),
+        [january, seats],
+        prices=price_lookup(yearly).get,
+        read_at=utc(8, 1),
+    )
+    assert valued(versions, utc(8, 1)) == [(start, 8000), (march, 16000), (utc(5, 1, 9), 20000), (july, 30000)]
+
+
 def test_a_deleted_amount_off_coupon_on_mixed_intervals_is_what_it_took_off_one_invoice() -> None:
     """10.00 off a 1,200/yr item and a 30/mo item: Stripe takes it once per invoice, 9.93 and 0.07 off
     January's two lines, 10.00 off each monthly invoice after: 120.00 a month, not 10.00 + 9.93/12 off."""
