@@ -583,8 +583,8 @@ def _coupon_as_invoiced(
     percentage (two decimals at most) took exactly every amount off what was
     left on its line, the coupon is that `percent_off`; else it is an
     `amount_off` of what it took off the latest invoice that billed one of the
-    items: Stripe takes an amount off once per invoice, whatever the lines'
-    intervals (`ledger.mrr` reads it per the shortest one).
+    items, off all its lines: Stripe takes an amount off once per invoice,
+    whatever the lines' intervals (`ledger.mrr` reads it per the shortest one).
     `restrict` (a subscription-level discount): an item billed on an invoice
     that listed the discount but took nothing off it is left out (`applies_to`,
     the products of the others); an item not billed since the discount began
@@ -593,7 +593,7 @@ def _coupon_as_invoiced(
     discount_id = _id(discount) or ""
     entry = dict(discount) if isinstance(discount, Mapping) else {"id": discount_id, "object": "discount"}
     shares: list[_Taken] = []
-    by_invoice: dict[tuple[int, str], int] = {}
+    billed_on: list[Mapping[str, Any]] = []
     kept: list[_Item] = []
     for item in taken_by:
         taken = item.invoiced.get(discount_id)
@@ -603,10 +603,14 @@ def _coupon_as_invoiced(
         kept.append(item)
         if taken is not None and taken.amount:
             shares.append(taken)
-            on = _issue_order(item.billed_on) if item.billed_on is not None else (0, "")
-            by_invoice[on] = by_invoice.get(on, 0) + taken.amount
+            if item.billed_on is not None:
+                billed_on.append(item.billed_on)
     percent = _percentage(shares)
-    amount_off = None if percent is not None else by_invoice[max(by_invoice)] if by_invoice else 0
+    amount_off = None
+    if percent is None:  # all it took off the latest invoice, the lines of items gone since included
+        latest = max(billed_on, key=_issue_order, default=None)
+        lines = _lines(latest) if latest is not None else []
+        amount_off = sum(taken.amount for line in lines if (taken := _taken(line).get(discount_id)) is not None)
     products = {_id(_mapping(item.rate.get("price") or item.rate.get("plan")).get("product")) for item in kept}
     applies_to = None
     if restrict and len(kept) < len(taken_by) and None not in products:

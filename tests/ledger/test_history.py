@@ -1096,6 +1096,43 @@ def test_a_deleted_amount_off_coupon_on_mixed_intervals_is_what_it_took_off_one_
     assert subscription_mrr(version.subscription, utc(3, 2, year=2025), RuleSettings()).net == 10000 + 3000 - 1000
 
 
+def test_a_deleted_amount_off_coupon_keeps_its_amount_after_an_item_leaves() -> None:
+    """10.00 off a yearly plan (1,791.00) and a yearly add-on (261.00), 8.73 and 1.27 off their lines;
+    the add-on removed on 13 March: still 10.00 a year off the plan, not the 8.73 its line showed."""
+    plan = CURRENT.price(179100, "price_plan", "prod_plan", interval="year")
+    addon = CURRENT.price(26100, "price_addon", "prod_addon", interval="year")
+    start, removed, year_end = utc(1, 1, 9), utc(3, 13, 9), utc(1, 1, 9, year=2025)
+    discount = CURRENT.discount(20, discount_id="di_cyber", start=start, coupon_id="CYBER10", coupon_by_id=True)
+    invoices = [
+        CURRENT.invoice(
+            "in_jan",
+            CURRENT.period_line(plan, start=start, end=year_end, discount_amounts=[(873, "di_cyber")]),
+            CURRENT.period_line(
+                addon, start=start, end=year_end, item_id="si_addon", discount_amounts=[(127, "di_cyber")]
+            ),
+            created=start,
+            discounts=[discount],
+        ),
+        CURRENT.invoice(
+            "in_removal",
+            CURRENT.proration_line(addon, 1, start=removed, end=year_end, amount=-21000, item_id="si_addon"),
+            created=removed,
+            billing_reason="subscription_update",
+            discounts=[discount],
+        ),
+    ]
+    current = CURRENT.subscription((plan, 1, "si_1"), start=start, discounts=[discount])
+    versions = reconstruct(
+        current,
+        invoices,
+        prices=price_lookup(plan, addon).get,
+        read_at=utc(4, 1),
+        as_invoiced={"di_cyber": {"id": "CYBER10"}},
+    )
+    # (205,200 − 1,000) / 12, then (179,100 − 1,000) / 12
+    assert valued(versions, utc(4, 1)) == [(start, 17017), (removed, 14842)]
+
+
 def test_a_deleted_coupon_that_reduced_one_item_applies_to_its_product() -> None:
     """A subscription-level 50% off the add-on only: the invoices show 5.00 off the add-on's line."""
     plans = Plans(CURRENT)
