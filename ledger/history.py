@@ -564,6 +564,24 @@ def _percentage(shares: Sequence[_Taken]) -> Fraction | None:
     return percent if (percent * 100).denominator == 1 and 0 < percent <= 100 else None
 
 
+def _amounts_off(
+    subscription_id: str, invoices: Sequence[Mapping[str, Any]], as_invoiced: AsInvoiced
+) -> frozenset[str]:
+    """The discounts of `as_invoiced` that took amounts no one percentage explains, over every period
+    line of the subscription's invoices: an amount off, even where one invoice's lines alone could be
+    read as a percentage (10.00 off a 16.00 week is 62.5%, until the price changes)."""
+    if not as_invoiced:
+        return frozenset()
+    shares: dict[str, list[_Taken]] = {}
+    for invoice in invoices:
+        for _, line, _, proration in _own_lines(subscription_id, invoice):
+            if not proration:
+                for discount_id, taken in _taken(line).items():
+                    if discount_id in as_invoiced and taken.amount:
+                        shares.setdefault(discount_id, []).append(taken)
+    return frozenset(discount_id for discount_id, taken in shares.items() if _percentage(taken) is None)
+
+
 def _discount_coupon(discount: Mapping[str, Any]) -> Any:
     coupon = discount.get("coupon")
     return coupon if coupon is not None else _mapping(discount.get("source")).get("coupon")
@@ -576,6 +594,7 @@ def _coupon_as_invoiced(
     currency: str | None,
     known: Mapping[str, Any],
     restrict: bool,
+    percentage: bool = True,
 ) -> dict[str, Any]:
     """`discount` with a coupon worth what the invoices say it took off `taken_by`.
 
@@ -605,7 +624,7 @@ def _coupon_as_invoiced(
             shares.append(taken)
             if item.billed_on is not None:
                 billed_on.append(item.billed_on)
-    percent = _percentage(shares)
+    percent = _percentage(shares) if percentage else None
     amount_off = None
     if percent is None:  # all it took off the latest invoice, the lines of items gone since included
         latest = max(billed_on, key=_issue_order, default=None)
@@ -769,10 +788,17 @@ def _line_rates(line: Mapping[str, Any], stored: PriceLookup) -> dict[str, Any]:
 class _Reader:
     """What one subscription's records say, read against its current state."""
 
-    def __init__(self, current: Mapping[str, Any], rates: _Rates, as_invoiced: AsInvoiced) -> None:
+    def __init__(
+        self,
+        current: Mapping[str, Any],
+        rates: _Rates,
+        as_invoiced: AsInvoiced,
+        invoices: Sequence[Mapping[str, Any]] = (),
+    ) -> None:
         self.current = current
         self.rates = rates
         self.as_invoiced = as_invoiced
+        self.amounts = _amounts_off(str(current.get("id")), invoices, as_invoiced)
         self.current_discounts = _known_discounts(current, *_items_of(current))
         self.currency = _currency_of(current)
 
@@ -941,7 +967,14 @@ class _Reader:
         if discount_id is None or discount_id not in self.as_invoiced:
             return discount
         known = self.as_invoiced[discount_id]
-        return _coupon_as_invoiced(discount, taken_by, currency=self.currency, known=known, restrict=restrict)
+        return _coupon_as_invoiced(
+            discount,
+            taken_by,
+            currency=self.currency,
+            known=known,
+            restrict=restrict,
+            percentage=discount_id not in self.amounts,
+        )
 
     def current_payload(self, state: _State) -> dict[str, Any]:
         """The current subscription, its discounts that Stripe no longer has valued as last invoiced."""
@@ -1211,7 +1244,7 @@ def reconstruct(
     subscription_id = subscription.get("id")
     if not isinstance(subscription_id, str) or not subscription_id:
         raise ValueError("subscription has no id")
-    reader = _Reader(subscription, _rate_reader(prices, subscription), as_invoiced or {})
+    reader = _Reader(subscription, _rate_reader(prices, subscription), as_invoiced or {}, invoices)
     end = _current_observed_at(subscription, read_at)
     versions: list[HistoricalVersion] = []
     last: tuple[Any, ...] | None = None

@@ -1133,6 +1133,36 @@ def test_a_deleted_amount_off_coupon_keeps_its_amount_after_an_item_leaves() -> 
     assert valued(versions, utc(4, 1)) == [(start, 17017), (removed, 14842)]
 
 
+def test_a_deleted_amount_off_coupon_that_looked_like_a_percentage_keeps_its_amount() -> None:
+    """10.00 off 16.00 a month is 62.5% on January's and February's invoices; from 20 February the plan
+    is 28.00 (prorated), and March takes 10.00 again: 18.00 a month from the change, not 37.5% of 28.00."""
+    small = CURRENT.price(1600, "price_small", "prod_small")
+    large = CURRENT.price(2800, "price_large", "prod_large")
+    at = utc(2, 20, 14)
+    discount = CURRENT.discount(20, discount_id="di_ten", start=utc(1, 1, 9), coupon_id="TEN", coupon_by_id=True)
+
+    def month(number: int, rate: dict[str, Any]) -> dict[str, Any]:
+        line = CURRENT.period_line(rate, start=utc(number, 1, 9), discount_amounts=[(1000, "di_ten")])
+        return CURRENT.invoice(f"in_{number}", line, created=utc(number, 1, 9), discounts=[discount])
+
+    change = CURRENT.invoice(
+        "in_change",
+        CURRENT.proration_line(small, 1, start=at, end=utc(3, 1, 9), amount=-490),
+        CURRENT.proration_line(large, 1, start=at, end=utc(3, 1, 9), amount=858),
+        created=at,
+        billing_reason="subscription_update",
+        discounts=[discount],
+    )
+    versions = reconstruct(
+        CURRENT.subscription((large, 1, "si_1"), start=utc(1, 1, 9), discounts=[discount]),
+        [month(1, small), month(2, small), change, month(3, large)],
+        prices=price_lookup(small, large).get,
+        read_at=utc(3, 15),
+        as_invoiced={"di_ten": {"id": "TEN"}},
+    )
+    assert valued(versions, utc(3, 15)) == [(utc(1, 1, 9), 600), (at, 1800)]
+
+
 def test_a_deleted_coupon_that_reduced_one_item_applies_to_its_product() -> None:
     """A subscription-level 50% off the add-on only: the invoices show 5.00 off the add-on's line."""
     plans = Plans(CURRENT)
