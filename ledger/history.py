@@ -120,6 +120,8 @@ class _Taken:
 
     amount: int
     base: int
+    invoice: Mapping[str, Any] | None = field(default=None, compare=False)
+    """The invoice of the line."""
 
 
 @dataclass(frozen=True)
@@ -537,7 +539,7 @@ def _discount_ids(holder: Mapping[str, Any]) -> list[str]:
     return ids
 
 
-def _taken(line: Mapping[str, Any]) -> dict[str, _Taken]:
+def _taken(line: Mapping[str, Any], invoice: Mapping[str, Any] | None = None) -> dict[str, _Taken]:
     """Discount id → what it took off the line, each on what the ones before it left (their order)."""
     taken: dict[str, _Taken] = {}
     left = int(line.get("amount") or 0)
@@ -545,7 +547,7 @@ def _taken(line: Mapping[str, Any]) -> dict[str, _Taken]:
         discount_id = _id(_mapping(entry).get("discount"))
         amount = int(_mapping(entry).get("amount") or 0)
         if discount_id is not None and discount_id not in taken:
-            taken[discount_id] = _Taken(amount, left)
+            taken[discount_id] = _Taken(amount, left, invoice)
         left -= amount
     return taken
 
@@ -612,7 +614,6 @@ def _coupon_as_invoiced(
     discount_id = _id(discount) or ""
     entry = dict(discount) if isinstance(discount, Mapping) else {"id": discount_id, "object": "discount"}
     shares: list[_Taken] = []
-    billed_on: list[Mapping[str, Any]] = []
     kept: list[_Item] = []
     for item in taken_by:
         taken = item.invoiced.get(discount_id)
@@ -622,14 +623,15 @@ def _coupon_as_invoiced(
         kept.append(item)
         if taken is not None and taken.amount:
             shares.append(taken)
-            if item.billed_on is not None:
-                billed_on.append(item.billed_on)
     percent = _percentage(shares) if percentage else None
     amount_off = None
     if percent is None:  # all it took off the latest invoice, the lines of items gone since included
-        latest = max(billed_on, key=_issue_order, default=None)
-        lines = _lines(latest) if latest is not None else []
-        amount_off = sum(taken.amount for line in lines if (taken := _taken(line).get(discount_id)) is not None)
+        latest = max((share.invoice for share in shares if share.invoice is not None), key=_issue_order, default=None)
+        if latest is None:
+            amount_off = sum(share.amount for share in shares)
+        else:
+            taken_off = [_taken(line).get(discount_id) for line in _lines(latest)]
+            amount_off = sum(taken.amount for taken in taken_off if taken is not None)
     products = {_id(_mapping(item.rate.get("price") or item.rate.get("plan")).get("product")) for item in kept}
     applies_to = None
     if restrict and len(kept) < len(taken_by) and None not in products:
@@ -818,7 +820,7 @@ class _Reader:
         if record.effect == _BILLED:
             on_invoice = _discount_ids(record.holder)
             discounts = tuple(self.expanded(d, record.holder, line) for d in _discount_ids(line) if d not in on_invoice)
-            invoiced: Mapping[str, _Taken] = _taken(line)
+            invoiced: Mapping[str, _Taken] = _taken(line, record.holder)
             billed_on: Mapping[str, Any] | None = record.holder
         else:  # a debit: the item keeps its discounts (and what they last took) through the change
             discounts = previous.discounts if previous is not None else ()
@@ -1118,7 +1120,9 @@ def _discount_starts(
             for discount_id in (d for d in ids if d not in before):
                 start = dated(discount_id, since, instant, carrier)
                 if start is not None:
-                    taken = {r.item_id: t for r in billed if (t := _taken(r.line).get(discount_id)) is not None}
+                    taken = {
+                        r.item_id: t for r in billed if (t := _taken(r.line, r.holder).get(discount_id)) is not None
+                    }
                     starts.append(_Start(start, discount_id, None, carrier, taken))
             shown = (instant, ids)
         for record in batch:
@@ -1129,7 +1133,7 @@ def _discount_starts(
                 for discount_id in (d for d in ids if d not in before):
                     start = dated(discount_id, since, instant, record.holder, record.line)
                     if start is not None:
-                        shown_taken = _taken(record.line).get(discount_id)
+                        shown_taken = _taken(record.line, record.holder).get(discount_id)
                         taken = {record.item_id: shown_taken} if shown_taken is not None else {}
                         starts.append(_Start(start, discount_id, record.item_id, record.holder, taken))
                 items[record.item_id] = (instant, ids)
