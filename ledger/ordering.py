@@ -82,7 +82,24 @@ def _essentials(subscription: Mapping[str, Any]) -> str:
             return [ids(v) for v in value]
         return value
 
-    return _digest({field: ids(subscription.get(field)) for field in MRR_FIELDS})
+    essentials = {field: ids(subscription.get(field)) for field in MRR_FIELDS}
+    # Of an item, what it bills: its periods move on at every renewal since the tie.
+    items = subscription.get("items")
+    items = items if isinstance(items, Mapping) else {}
+    essentials["items"] = sorted(
+        (
+            (
+                str(item.get("id")),
+                ids(item.get("price") or item.get("plan")),
+                item.get("quantity"),
+                ids(item.get("discounts")),
+            )
+            for item in items.get("data") or []
+            if isinstance(item, Mapping)
+        ),
+        key=repr,
+    )
+    return _digest(essentials)
 
 
 def _by_previous_attributes(versions: Sequence[TiedVersion]) -> list[int] | None:

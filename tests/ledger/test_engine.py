@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select
@@ -227,6 +227,24 @@ def test_settle_order_by_previous_attributes_ignores_list_order() -> None:
         TiedVersion(two, {"quantity": 1}),
     ]
     assert settle_order(versions) == [1, 2, 0]
+
+
+@pytest.mark.parametrize("last", [10, 12])
+def test_a_quantity_changed_and_changed_back_in_one_second_is_settled_by_the_api_after_a_renewal(last: int) -> None:
+    # 12 seats → 10 → 12 (or 10 → 12 → 10) in one second: each event's previous_attributes match the
+    # other version, so they do not order them. The subscription re-read weeks later has renewed
+    # since (its item's period moved on): it still says which came last.
+    def seats(quantity: int, period: tuple[datetime, datetime]) -> dict:
+        payload = subscription(item(price(1200), quantity=quantity), start=utc(8, 2))
+        payload["items"]["data"][0].update(current_period_start=ts(period[0]), current_period_end=ts(period[1]))
+        return payload
+
+    ten, twelve = seats(10, (utc(11, 2), utc(12, 2))), seats(12, (utc(11, 2), utc(12, 2)))
+    renewed = seats(last, (utc(12, 2), utc(12, 31)))
+    versions = [TiedVersion(twelve, {"items": ten["items"]}), TiedVersion(ten, {"items": twelve["items"]})]
+    expected = [1, 0] if last == 12 else [0, 1]
+    assert settle_order(versions, renewed) == expected
+    assert settle_order(list(reversed(versions)), renewed) == expected[::-1]
 
 
 def test_settle_order_without_evidence_uses_the_lifecycle_stage() -> None:
