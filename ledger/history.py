@@ -609,7 +609,8 @@ def _coupon_as_invoiced(
     `restrict` (a subscription-level discount): an item billed on an invoice
     that listed the discount but took nothing off it is left out (`applies_to`,
     the products of the others); an item not billed since the discount began
-    is kept in.
+    is kept in. `percentage` False: the discount's whole history rules a
+    percentage out (`_amounts_off`).
     """
     discount_id = _id(discount) or ""
     entry = dict(discount) if isinstance(discount, Mapping) else {"id": discount_id, "object": "discount"}
