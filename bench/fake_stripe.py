@@ -13,8 +13,8 @@ from their index on each request, so memory stays flat):
   without `status` leave out canceled ones (`status=all`, or one status);
   prices without `active` are the active ones only, as Stripe lists them.
 - `GET /v1/invoices/{id}/lines`; each invoice embeds its first 10 lines.
-- `GET /v1/invoiceitems?pending=true`: none; every proration of this account
-  is on an invoice.
+- `GET /v1/invoiceitems?pending=true`: none, unless a subclass's account has
+  an `invoiceitems` collection; every proration of this account is on an invoice.
 - `GET /v1/{kind}/{id}` (and `/v1/account`); unknown ids answer a Stripe 404.
 - `expand[]` as Stripe does it: ids become objects (`discounts`,
   `source.coupon`, `customer`, …), includable fields appear (`tiers`,
@@ -413,10 +413,10 @@ class FakeStripe:
         if kind == "account" and len(parts) == 2:
             query.check(["expand"])
             return self._expanded(dict(self.account_object), query.expand, is_list=False), 1, 0
-        if kind == "invoiceitems" and len(parts) == 2:
+        collection = self.collections.get(kind)
+        if collection is None and kind == "invoiceitems" and len(parts) == 2:  # an account with none
             query.check(LIST_PARAMS | {"pending"})
             return {"object": "list", "data": [], "has_more": False, "url": "/v1/invoiceitems"}, 0, 1
-        collection = self.collections.get(kind)
         if collection is None:
             raise StripeError(404, f"Unrecognized request URL (GET: {path}).")
         if len(parts) == 2:
