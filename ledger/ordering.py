@@ -82,7 +82,7 @@ def _essentials(subscription: Mapping[str, Any]) -> str:
             return [ids(v) for v in value]
         return value
 
-    essentials = {field: ids(subscription.get(field)) for field in MRR_FIELDS}
+    essentials = {field: ids(subscription.get(field)) for field in MRR_FIELDS if field != "items"}
     # Of an item, what it bills: its periods move on at every renewal since the tie.
     items = subscription.get("items")
     items = items if isinstance(items, Mapping) else {}

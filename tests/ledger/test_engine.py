@@ -28,6 +28,15 @@ def store(db: Database, payload: dict, observed_at, source: str) -> None:
         record_subscription(session, payload, observed_at=observed_at, source=source)
 
 
+def ranks_at(db: Database, observed_at: datetime | None = None) -> dict[str, int]:
+    """Source → rank of the stored snapshots (observed at `observed_at`, when given)."""
+    query = select(SubscriptionSnapshot.source, SubscriptionSnapshot.rank)
+    if observed_at is not None:
+        query = query.where(SubscriptionSnapshot.observed_at == observed_at)
+    with db.session() as session:
+        return {source: rank for source, rank in session.execute(query)}
+
+
 def recompute(db: Database, customer: str):
     with db.transaction() as session:
         return recompute_customer(session, customer, RULES, now=NOW)
@@ -181,14 +190,7 @@ def test_same_second_ties_fall_back_to_the_current_api_state(db: Database) -> No
     store(db, one, tie, "evt_a")  # quantity back to 1 in the same second: which came last?
     with db.transaction() as session:
         settle_ties(session, "sub_1", tie, lambda _id: two)
-    with db.session() as session:
-        ranks = dict(
-            session.execute(
-                select(SubscriptionSnapshot.source, SubscriptionSnapshot.rank).where(
-                    SubscriptionSnapshot.observed_at == tie
-                )
-            ).all()
-        )
+    ranks = ranks_at(db, tie)
     assert ranks == {"evt_a": 0, "evt_b": 1}
     result = recompute(db, "cus_1")
     assert [(m.type, m.amount) for m in result.movements] == [("new", 10000), ("expansion", 10000)]
@@ -206,14 +208,7 @@ def test_a_backfill_version_in_the_second_of_two_events_comes_after_both(db: Dat
     with db.transaction() as session:
         record_subscription(session, rebuilt, observed_at=tie, source="backfill:run_1", rank=RANK_HISTORY)
         settle_ties(session, "sub_1", tie, lambda _id: rebuilt)  # the API shows three seats
-    with db.session() as session:
-        ranks = dict(
-            session.execute(
-                select(SubscriptionSnapshot.source, SubscriptionSnapshot.rank).where(
-                    SubscriptionSnapshot.observed_at == tie
-                )
-            ).all()
-        )
+    ranks = ranks_at(db, tie)
     assert ranks == {"evt_a": 0, "evt_b": 1, "backfill:run_1": RANK_HISTORY}
     result = recompute(db, "cus_1")
     assert [(m.type, m.amount) for m in result.movements] == [("new", 10000), ("expansion", 20000)]
@@ -281,7 +276,6 @@ def test_subscription_paused_sent_beside_an_updated_carrying_the_identical_objec
     with db.transaction() as session:
         # Two copies match the API now: the fixed order decides, the identical copies first.
         settle_ties(session, "sub_1", tie, lambda _id: one_seat)
-    with db.session() as session:
-        ranks = dict(session.execute(select(SubscriptionSnapshot.source, SubscriptionSnapshot.rank)).all())
+    ranks = ranks_at(db)
     # Identical copies in event-id order: the same whatever order they arrived in.
     assert ranks == {"evt_1_updated": 0, "evt_2_paused": 1, "evt_3_seats": 2}
