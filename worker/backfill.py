@@ -50,8 +50,9 @@ from ledger.state import UnusableEvent, customer_of, record_customers, record_na
 from worker.history import HISTORY_STREAM, POLL_S, HistoryFailed, HistoryProcess, HistoryProgress, HistoryRebuild
 from worker.progress import NoProgress, ProgressReporter
 from worker.ratelimit import RateLimiter, stripe_limiter
+from worker.records import with_every_line
 from worker.runs import MAX_ERRORS_KEPT, RunReport, finish_run, heartbeat, one_line, save_checkpoint, start_run
-from worker.streams import CUSTOMERS, FIRST_DAY, LINE_EXPAND, LISTINGS, WINDOWS, Listing, Stream, windows
+from worker.streams import CUSTOMERS, FIRST_DAY, LISTINGS, WINDOWS, Listing, Stream, windows
 from worker.stripe_api import PAGE_SIZE, ParameterRefused, StripeAPI, StripeUnavailable
 
 log = logging.getLogger("subledger.backfill")
@@ -462,20 +463,14 @@ class _Backfill:
             return False
         return True
 
-    def complete_lines(self, api: StripeAPI, invoice: dict[str, Any], errors: list[str]) -> bool:
+    @staticmethod
+    def complete_lines(api: StripeAPI, invoice: dict[str, Any], errors: list[str]) -> bool:
         """Put every line in the invoice (Stripe embeds the first 10); False when they cannot be read."""
-        lines = invoice.get("lines")
-        if not isinstance(lines, Mapping) or not lines.get("has_more"):
-            return True
-        data = list(lines.get("data") or [])
-        last = str(data[-1]["id"]) if data else None
         try:
-            for page in api.pages(f"/v1/invoices/{invoice['id']}/lines", starting_after=last, expand=LINE_EXPAND):
-                data.extend(page)
+            with_every_line(api, invoice)
         except StripeUnavailable as exc:
             errors.append(f"invoice {invoice.get('id')}: its lines could not be read: {exc}")
             return False
-        invoice["lines"] = dict(lines, data=data, has_more=False)
         return True
 
     def store(

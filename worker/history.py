@@ -53,20 +53,16 @@ from ledger.history import (
     invoice_fields,
     invoice_item_subscription,
     invoice_subscription,
-    named_discounts,
     reconstruct,
-    unvalued_coupon,
 )
 from ledger.logs import configure_logging
 from ledger.models import BackfillCustomer, Customer, EventStatus, StripeEvent, StripeObject, SyncCheckpoint
 from ledger.mrr import UnresolvedStripeObject
 from ledger.settings import Settings
 from ledger.state import (
-    NEVER_OBSERVED,
     RANK_HISTORY,
     SubscriptionVersion,
     UnusableEvent,
-    record_object,
     record_subscriptions,
 )
 from worker.queues import wake_shard
@@ -77,9 +73,10 @@ from worker.recompute import (
     unread_applies_to,
     wait_for,
 )
+from worker.records import InvoicedDiscounts, stored_prices
 from worker.runs import MAX_ERRORS_KEPT, one_line, save_checkpoint
 from worker.streams import Stream, ready_from
-from worker.stripe_api import NoSuchObject, StripeAPI, StripeUnavailable
+from worker.stripe_api import StripeAPI
 
 log = logging.getLogger("subledger.backfill")
 
@@ -182,8 +179,7 @@ class HistoryRebuild:
         self._api: StripeAPI | None = None
         self._prices: dict[str, Mapping[str, Any]] = {}
         """Stored prices read so far: a run reads each once."""
-        self._gone: dict[str, Mapping[str, Any] | None] = {}
-        """Coupons looked for so far: what is known of one Stripe has deleted, None for one it has."""
+        self.discounts = InvoicedDiscounts(self.api)
 
     @property
     def shares_work(self) -> bool:
@@ -340,7 +336,7 @@ class HistoryRebuild:
             subscription_id = invoice_item_subscription(invoice_item)
             if subscription_id is not None and invoice_item.get("proration"):
                 pending.setdefault(subscription_id, []).append(invoice_item)
-        prices = self._price_lookup(session)
+        prices = stored_prices(session, self._prices)
         histories: dict[str, list[SubscriptionVersion]] = {}
         valued: dict[str, dict[str, Any]] = {}
         for subscription_id, payload, observed_at in subscriptions:
@@ -348,7 +344,7 @@ class HistoryRebuild:
                 invoices.get(subscription_id, []), key=lambda invoice: (invoice.get("created") or 0, invoice["id"])
             )
             try:
-                as_invoiced = self.as_invoiced(session, subscription_id, payload, own, notes)
+                as_invoiced = self.discounts.find(session, subscription_id, payload, own, notes)
                 history = reconstruct(
                     payload,
                     own,
@@ -379,7 +375,7 @@ class HistoryRebuild:
                     errors.append(f"subscription {subscription_id}: its history could not be stored: {exc}")
                     del histories[subscription_id]
         counts["subscription versions"] += sum(len(versions) for versions in histories.values())
-        self.store_valued_coupons(session, valued)
+        self.discounts.store_valued(session, valued)
         results = []
         try:
             with session.begin_nested():
@@ -411,96 +407,12 @@ class HistoryRebuild:
             self._api = StripeAPI(self.settings)
         return self._api
 
-    def as_invoiced(
-        self,
-        session: Session,
-        subscription_id: str,
-        subscription: Mapping[str, Any],
-        invoices: Sequence[Mapping[str, Any]],
-        notes: list[str],
-    ) -> dict[str, Mapping[str, Any]]:
-        """The discounts of the subscription's history that only its invoices can value, with what is known of
-        each one's coupon; a note for each.
-
-        A discount Stripe no longer has (named by id, neither expanded anywhere
-        nor stored: removed since), and one whose coupon Stripe has deleted
-        (named by id, not stored whole, 404): neither can be read again, and the
-        ledger must not wait for them.
-        """
-        found: dict[str, Mapping[str, Any]] = {}
-        for discount_id, discount in named_discounts(subscription, invoices).items():
-            if discount is None:
-                discount = self._stored_object(session, discount_id, "discount")
-            if discount is None:
-                found[discount_id] = {}
-                notes.append(
-                    f"subscription {subscription_id}: discount {discount_id} valued as invoiced "
-                    "(Stripe no longer has it)"
-                )
-                continue
-            coupon_id = unvalued_coupon(discount)
-            known = None if coupon_id is None else self._deleted_coupon(session, coupon_id)
-            if known is not None:
-                found[discount_id] = known
-                notes.append(
-                    f"subscription {subscription_id}: discount {discount_id} valued as invoiced "
-                    f"(Stripe has deleted its coupon {coupon_id})"
-                )
-        return found
-
-    def store_valued_coupons(self, session: Session, coupons: Mapping[str, Mapping[str, Any]]) -> None:
-        """Store the deleted coupons the batch valued as invoiced where nothing stored values them.
-
-        A version naming one of their discounts by id (a webhook's, the events catch-up's) is then valued
-        as the history values it, instead of waiting for a coupon Stripe no longer answers for. Stored
-        as never read, so a copy of the coupon itself (a `coupon.deleted` event) replaces it.
-        """
-        for coupon_id, coupon in coupons.items():
-            stored = self._stored_object(session, coupon_id, "coupon")
-            if stored is None or (stored.get("percent_off") is None and stored.get("amount_off") is None):
-                record_object(session, coupon, observed_at=NEVER_OBSERVED, deleted=True)
-
-    def _deleted_coupon(self, session: Session, coupon_id: str) -> Mapping[str, Any] | None:
-        """What is known of a coupon Stripe has deleted (it answers 404); None when it can be read.
-
-        A coupon not stored whole is fetched (and stored) once per process. Any other
-        refusal leaves it to the recompute, which reports what it cannot fetch.
-        """
-        if coupon_id not in self._gone:
-            stored = self._stored_object(session, coupon_id, "coupon")
-            gone: Mapping[str, Any] | None = None
-            if stored is None or (stored.get("percent_off") is None and stored.get("amount_off") is None):
-                try:
-                    record_object(session, self.api().coupon(coupon_id), observed_at=utcnow())
-                except NoSuchObject:
-                    gone = {**(stored or {}), "id": coupon_id, "object": "coupon", "deleted": True}
-                except StripeUnavailable as exc:
-                    log.warning("backfill: coupon %s could not be read: %s", coupon_id, exc)
-            self._gone[coupon_id] = gone
-        return self._gone[coupon_id]
-
-    @staticmethod
-    def _stored_object(session: Session, object_id: str, kind: str) -> Mapping[str, Any] | None:
-        row = session.get(StripeObject, object_id)
-        return row.payload if row is not None and row.object == kind else None
-
     @staticmethod
     def _stored(kind: str, customers: Sequence[str]) -> Any:
         """Only the columns used: a batch holds thousands of invoices, no ORM objects are needed."""
         return select(StripeObject.id, StripeObject.payload, StripeObject.observed_at).where(
             StripeObject.object == kind, StripeObject.customer_id.in_(customers)
         )
-
-    def _price_lookup(self, session: Session) -> Callable[[str], Mapping[str, Any] | None]:
-        def price(price_id: str) -> Mapping[str, Any] | None:
-            if price_id not in self._prices:
-                row = session.get(StripeObject, price_id)
-                if row is None or row.object not in ("price", "plan"):
-                    return None  # not kept: a later batch may find it stored
-                self._prices[price_id] = row.payload
-            return self._prices[price_id]
-
-        return price
 
 
 def _history_process(settings: Settings, run_id: str, started_at: datetime, failures: Connection) -> None:
