@@ -73,7 +73,8 @@ INVOICE_EVENTS = frozenset(
         "marked_uncollectible",
         "deleted",
     )
-)
+) | frozenset(f"invoiceitem.{action}" for action in ("created", "updated", "deleted"))
+"""Invoices and invoice items: Stripe's records of what was billed, and when (mrr-rules.md §10)."""
 CATALOG_EVENTS = frozenset(
     f"{kind}.{action}"
     for kind in ("price", "plan", "product", "coupon")
