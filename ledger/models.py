@@ -304,6 +304,8 @@ class DriftItem(Base):
     action: Mapped[str] = mapped_column(Text)
     """What the run did about it, e.g. `recorded Stripe's state effective 2024-03-05T00:00:00Z`."""
     effective_at: Mapped[datetime]
+    dated_by: Mapped[str] = mapped_column(String(16), server_default="run")
+    """`records` (invoices, proration lines), `run` (no record dates it) or `records, run`."""
 
 
 class CustomerMonthly(Base):

@@ -71,6 +71,7 @@ DRIFT_FIELDS = (
     "difference",
     "action",
     "effective_at",
+    "dated_by",
 )
 
 
@@ -84,6 +85,7 @@ def _drift(item: DriftItem) -> dict[str, Any]:
         "difference": item.difference,
         "action": item.action,
         "effective_at": iso(item.effective_at),
+        "dated_by": item.dated_by,
     }
 
 

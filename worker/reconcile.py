@@ -1,22 +1,25 @@
-"""`subledger reconcile`: compare every subscription with Stripe now, correct the
-ledger where it differs, and list the drift (mrr-rules.md §9).
+"""`subledger reconcile`: apply the events Stripe still keeps, compare every
+subscription with Stripe now, correct the ledger where it differs, and list
+the drift (mrr-rules.md §9).
 
 A subscription *drifts* when recording Stripe's current version would change its
-MRR timeline in the ledger: its net MRR now, or a past change the ledger never
-heard of (a subscription it never saw, a trial that converted and later ended).
-The correction is that version, stored as a snapshot like any other
-(`reconcile:<run>`, rank RANK_RECONCILE, observed just before it was asked
-for); the §5 rules date its effect — `ended_at` for a cancellation,
-`trial_end` for a conversion, otherwise the read. The customer's movements
-are then recomputed. Because drift is defined as "this version would change
-the ledger", a second run right after the first finds nothing.
+MRR timeline in the ledger (its net MRR now, or a past change the ledger never
+heard of: a subscription it never saw, a trial that converted and later ended),
+or when the invoices the ledger stored date a change its versions lack. The
+correction is the subscription's history rebuilt from Stripe's records (its
+invoices and proration items, §10), laid over the ledger's versions where they
+differ (`reconcile:<run>`, rank RANK_HISTORY); what no record dates is
+Stripe's current version (rank RANK_RECONCILE, observed just before it was
+asked for), whose effect the §5 rules date. The customer's movements are then
+recomputed. Because drift is defined as "these versions would change the
+ledger", a second run right after the first finds nothing.
 docs/reconciliation.md tells the whole story.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,6 +30,7 @@ from sqlalchemy.orm import Session
 
 from ledger.db import Database, utcnow
 from ledger.engine import customer_snapshots
+from ledger.history import invoice_fields, invoice_item_subscription, invoice_subscription
 from ledger.models import (
     DriftItem,
     EventStatus,
@@ -38,12 +42,22 @@ from ledger.models import (
 from ledger.mrr import UnresolvedStripeObject
 from ledger.resolve import applies_to_read, resolve_subscription
 from ledger.settings import RuleSettings, Settings
-from ledger.state import RANK_RECONCILE, record_object, record_subscription
+from ledger.state import RANK_HISTORY, RANK_RECONCILE, SubscriptionVersion, record_object, record_subscriptions
 from ledger.timeline import PAYING_STATUSES, Snapshot, subscription_changes
+from worker.catchup import catch_up
 from worker.defaults import STUCK_AFTER_S
-from worker.processing import lock_partition
-from worker.recompute import MAX_FETCHES_PER_CUSTOMER, MissingStripeObject, fetch_missing, recompute
-from worker.runs import RunReport, finish_run, heartbeat, record_stop, start_run
+from worker.processing import drain, lock_partition
+from worker.recompute import (
+    COUPON_MISSING,
+    MAX_FETCHES_PER_CUSTOMER,
+    PRICE_MISSING,
+    MissingStripeObject,
+    after_apply_for,
+    fetch_missing,
+    recompute,
+)
+from worker.records import InvoicedDiscounts, Records, read_records, stored_prices
+from worker.runs import RunRefused, RunReport, finish_run, heartbeat, record_stop, start_run
 from worker.stripe_api import StripeAPI, StripeUnavailable
 
 log = logging.getLogger("subledger.reconcile")
@@ -52,7 +66,14 @@ LIST_EXPANSIONS = ("data.discounts", "data.items.data.discounts")
 """What the list read expands. Stripe allows four levels, so tiers
 (`data.items.data.price.tiers`) and coupons inside item discounts are filled in apart."""
 
-COUNTS = ("subscriptions_checked", "drifted", "corrected", "customers_recomputed", "skipped_in_flight")
+COUNTS = (
+    "events_caught_up",
+    "subscriptions_checked",
+    "drifted",
+    "corrected",
+    "customers_recomputed",
+    "skipped_in_flight",
+)
 """Counts every reconcile run stores, zero included."""
 
 
@@ -163,6 +184,22 @@ class _Catalog:
     def lookup(self, object_id: str) -> Mapping[str, Any] | None:
         return self.known.get(object_id)
 
+    def fetch(self, missing: UnresolvedStripeObject) -> bool:
+        """Fetch the price or coupon `missing` names, once; whether it is known now."""
+        object_id = missing.object_id
+        if object_id in self.known:
+            return True
+        if object_id in self.unavailable or missing.missing not in PRICE_MISSING | COUPON_MISSING:
+            return False
+        try:
+            found = self.api.price(object_id) if missing.missing in PRICE_MISSING else self.api.coupon(object_id)
+        except StripeUnavailable as exc:
+            self.unavailable[object_id] = str(exc)
+            return False
+        self.known[object_id] = found
+        self.fetched.append(found)
+        return True
+
     def store_fetched(self, session: Session, observed_at: datetime) -> None:
         """Keep what was fetched: later webhook versions name the same objects."""
         for found in self.fetched:
@@ -201,6 +238,35 @@ class _Drift:
     ledger: tuple[Step, ...]
     stripe: tuple[Step, ...]
     never_seen: bool
+    candidate: Snapshot
+    """Stripe's state as read, dated at the run: the correction when no record dates it."""
+
+    @property
+    def now(self) -> bool:
+        """Whether recording Stripe's state as read would change the ledger's MRR history."""
+        return self.ledger != self.stripe
+
+
+@dataclass(frozen=True)
+class _Correction:
+    """The versions that make the ledger agree with Stripe, and how they were dated."""
+
+    versions: list[Snapshot]
+    steps: tuple[Step, ...]
+    """The subscription's MRR over time once they are stored."""
+    dated_by: str
+
+
+Worth = tuple[str, int]
+
+
+def _worth_at(steps: Sequence[Step], instant: datetime) -> Worth:
+    worth: Worth = ("", 0)
+    for at, currency, amount in steps:
+        if at > instant:
+            break
+        worth = (currency, amount)
+    return worth
 
 
 class _Reconciler:
@@ -212,9 +278,18 @@ class _Reconciler:
         self.report = report
         self.source = f"reconcile:{report.run_id}"
         self.catalog = _Catalog(api)
+        self.discounts = InvoicedDiscounts(lambda: api)
+        self.prices: dict[str, Mapping[str, Any]] = {}
         self.seen: set[str] = set()
 
     def page(self, read: _Read) -> None:
+        """Compare a page of subscriptions; read the records of those that drift; correct them.
+
+        Stripe is asked only outside write transactions, so a SQLite writer is
+        never held up by a call to Stripe: the comparison reads, the records are
+        read from Stripe, then each customer is compared again and corrected
+        under its partition lock.
+        """
         by_customer: dict[str, list[Mapping[str, Any]]] = {}
         for subscription in read.subscriptions:
             customer = subscription.get("customer")
@@ -228,13 +303,74 @@ class _Reconciler:
             self.catalog.prepare(session, read.subscriptions)
         with self.db.transaction() as session:
             self.catalog.store_fetched(session, read.observed_at)
-        with self.db.transaction() as session:
+        drifting: dict[str, list[Mapping[str, Any]]] = {}
+        with self.db.session() as session:
+            kept = stored_records(session, sorted(by_customer))
             for customer_id, subscriptions in sorted(by_customer.items()):
-                self.customer(session, customer_id, subscriptions, read)
+                self.report.counts["subscriptions_checked"] += len(subscriptions)
+                found = self.drifting(session, customer_id, subscriptions, kept, read)
+                if found:
+                    drifting[customer_id] = found
+        records: dict[str, Records] = {}
+        for customer_id, subscriptions in drifting.items():
+            for subscription in subscriptions:
+                try:
+                    records[subscription["id"]] = read_records(self.api, subscription["id"], customer_id)
+                except StripeUnavailable as exc:
+                    log.warning(
+                        "records not read; the correction is dated at the run",
+                        extra={"subscription": subscription["id"], "error": str(exc)},
+                    )
+        with self.db.transaction() as session:
+            self.catalog.store_fetched(session, read.observed_at)
+            for customer_id, subscriptions in drifting.items():
+                self.customer(session, customer_id, subscriptions, records, read)
 
-    def customer(self, session: Session, customer_id: str, subscriptions: list[Mapping[str, Any]], read: _Read) -> None:
+    def drifting(
+        self,
+        session: Session,
+        customer_id: str,
+        subscriptions: list[Mapping[str, Any]],
+        kept: Mapping[str, Records],
+        read: _Read,
+    ) -> list[Mapping[str, Any]]:
+        """The customer's subscriptions whose ledger differs from Stripe's state, or from what the stored
+        invoices say of their past (read only)."""
+        try:
+            if _in_flight(session, customer_id, now=utcnow()):
+                self.report.counts["skipped_in_flight"] += len(subscriptions)
+                return []
+            stored = self.stored_snapshots(session, customer_id)
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise
+            self.report.error(f"{customer_id}: {exc}")
+            return []
+        except Exception as exc:  # one customer must not hold back the others
+            self.report.error(f"{customer_id}: {exc}")
+            return []
+        found = []
+        for subscription in subscriptions:
+            try:
+                own = stored.get(subscription["id"], [])
+                drift = self.compare(subscription, customer_id, own, read)
+                records = kept.get(drift.subscription_id, Records([], []))
+                if drift.now or self.rebuilt(session, drift, own, records, read, quiet=True):
+                    found.append(subscription)
+            except Exception as exc:  # nor one subscription the others
+                self.report.error(f"{subscription['id']}: {exc}")
+        return found
+
+    def customer(
+        self,
+        session: Session,
+        customer_id: str,
+        subscriptions: list[Mapping[str, Any]],
+        records: Mapping[str, Records],
+        read: _Read,
+    ) -> None:
+        """Compare the drifting subscriptions again under the customer's lock, and correct them."""
         counts = self.report.counts
-        counts["subscriptions_checked"] += len(subscriptions)
         try:
             with session.begin_nested():
                 if not lock_partition(session, customer_id) or _in_flight(session, customer_id, now=utcnow()):
@@ -246,32 +382,32 @@ class _Reconciler:
                 raise
             self.report.error(f"{customer_id}: {exc}")
             return
-        except Exception as exc:  # one customer must not hold back the others
+        except Exception as exc:
             self.report.error(f"{customer_id}: {exc}")
             return
-        drifts: list[_Drift] = []
+        corrections: list[tuple[_Drift, _Correction]] = []
         for subscription in subscriptions:
             try:
                 drift = self.compare(subscription, customer_id, stored.get(subscription["id"], []), read)
-            except Exception as exc:  # nor one subscription the others
+                correction = self.correction(session, drift, stored, records.get(drift.subscription_id), read)
+                if correction.versions:
+                    corrections.append((drift, correction))
+            except Exception as exc:
                 self.report.error(f"{subscription['id']}: {exc}")
-                continue
-            if drift is not None:
-                drifts.append(drift)
-        if not drifts:
+        if not corrections:
             return
-        counts["drifted"] += len(drifts)
+        counts["drifted"] += len(corrections)
         try:
             with session.begin_nested():
-                self.correct(session, customer_id, drifts, read)
+                self.correct(session, customer_id, corrections)
         except DBAPIError as exc:
             if exc.connection_invalidated:
                 raise
-            self._not_corrected(drifts, exc)
+            self._not_corrected([drift for drift, _ in corrections], exc)
         except Exception as exc:
-            self._not_corrected(drifts, exc)
+            self._not_corrected([drift for drift, _ in corrections], exc)
         else:
-            counts["corrected"] += len(drifts)
+            counts["corrected"] += len(corrections)
             counts["customers_recomputed"] += 1
 
     def _not_corrected(self, drifts: Sequence[_Drift], exc: Exception) -> None:
@@ -296,9 +432,7 @@ class _Reconciler:
             by_subscription.setdefault(snapshot.subscription_id, []).append(snapshot)
         return by_subscription
 
-    def compare(
-        self, subscription: Mapping[str, Any], customer_id: str, stored: list[Snapshot], read: _Read
-    ) -> _Drift | None:
+    def compare(self, subscription: Mapping[str, Any], customer_id: str, stored: list[Snapshot], read: _Read) -> _Drift:
         subscription_id: str = subscription["id"]
         resolved = resolve_subscription(subscription, self.catalog.lookup)
         candidate = Snapshot(subscription_id, customer_id, read.observed_at, RANK_RECONCILE, self.source, resolved)
@@ -307,39 +441,144 @@ class _Reconciler:
             stripe = mrr_steps([*stored, candidate], self.rules, until=read.observed_at)
         except UnresolvedStripeObject as exc:
             raise MissingStripeObject(self.catalog.why_unresolved(exc)) from None
-        if ledger == stripe:
-            return None
-        return _Drift(dict(resolved), subscription_id, customer_id, ledger, stripe, never_seen=not stored)
+        return _Drift(dict(resolved), subscription_id, customer_id, ledger, stripe, not stored, candidate)
 
-    def correct(self, session: Session, customer_id: str, drifts: Sequence[_Drift], read: _Read) -> None:
-        for drift in drifts:
-            record_subscription(
-                session, drift.subscription, observed_at=read.observed_at, source=self.source, rank=RANK_RECONCILE
+    def correction(
+        self,
+        session: Session,
+        drift: _Drift,
+        stored: Mapping[str, list[Snapshot]],
+        records: Records | None,
+        read: _Read,
+    ) -> _Correction:
+        """The versions to store: the subscription's history rebuilt from Stripe's records (§9–§10).
+
+        A rebuilt version is kept where the ledger, with the versions kept
+        before it, is worth something else at its instant than the records say:
+        a change a lost event would have brought. The event versions the
+        ledger holds stay, so a change no record shows (a hand-removed coupon)
+        keeps its event's date. Whatever still differs from Stripe's state
+        afterwards is dated at the run.
+        """
+        own = stored.get(drift.subscription_id, [])
+        added: list[Snapshot] = []
+        if records is not None:
+            added = self.rebuilt(session, drift, own, records, read)
+        dated_by = ["records"] if added else []
+        steps = mrr_steps([*own, *added], self.rules, until=read.observed_at)
+        with_stripe = mrr_steps([*own, *added, drift.candidate], self.rules, until=read.observed_at)
+        if steps != with_stripe:
+            added.append(drift.candidate)
+            dated_by.append("run")
+            steps = with_stripe
+        return _Correction(added, steps, ", ".join(dated_by) or "run")
+
+    def rebuilt(
+        self,
+        session: Session,
+        drift: _Drift,
+        own: Sequence[Snapshot],
+        records: Records,
+        read: _Read,
+        *,
+        quiet: bool = False,
+    ) -> list[Snapshot]:
+        """The versions rebuilt from `records` that the ledger lacks (see `correction`)."""
+        notes: list[str] = []
+        try:
+            history = records.rebuild(
+                session,
+                drift.subscription,
+                prices=self.prices_in(session),
+                discounts=self.discounts,
+                read_at=read.observed_at,
+                notes=notes,
             )
+        except (ValueError, KeyError, TypeError) as exc:  # UnresolvedStripeObject too
+            if not quiet:
+                self.report.error(f"{drift.subscription_id}: its history could not be rebuilt from its records: {exc}")
+            return []
+        for note in notes if not quiet else ():
+            log.info("reconcile: %s", note)
+        lookup = self.lookup(session)
+        while True:
+            try:
+                snapshots = [
+                    Snapshot(
+                        drift.subscription_id,
+                        drift.customer_id,
+                        version.observed_at,
+                        RANK_HISTORY,
+                        self.source,
+                        resolve_subscription(version.subscription, lookup),
+                    )
+                    for version in history
+                    if version.observed_at < read.observed_at  # Stripe's state as read: `drift.candidate`
+                ]
+                truth = mrr_steps(snapshots, self.rules, until=read.observed_at)
+                break
+            except UnresolvedStripeObject as exc:  # a price no event brought: the records name it by id
+                if not self.catalog.fetch(exc):
+                    raise MissingStripeObject(self.catalog.why_unresolved(exc)) from None
+        added: list[Snapshot] = []
+        for snapshot in snapshots:
+            ledger = mrr_steps([*own, *added], self.rules, until=read.observed_at)
+            if _worth_at(ledger, snapshot.observed_at) != _worth_at(truth, snapshot.observed_at):
+                added.append(snapshot)
+        return added
+
+    def prices_in(self, session: Session) -> Callable[[str], Mapping[str, Any] | None]:
+        stored = stored_prices(session, self.prices)
+        return lambda price_id: self.catalog.lookup(price_id) or stored(price_id)
+
+    def lookup(self, session: Session) -> Callable[[str], Mapping[str, Any] | None]:
+        def find(object_id: str) -> Mapping[str, Any] | None:
+            known = self.catalog.lookup(object_id)
+            if known is not None:
+                return known
+            row = session.get(StripeObject, object_id)
+            return row.payload if row is not None else None
+
+        return find
+
+    def correct(self, session: Session, customer_id: str, corrections: Sequence[tuple[_Drift, _Correction]]) -> None:
+        record_subscriptions(
+            session,
+            [
+                SubscriptionVersion(version.subscription, version.observed_at, self.source, version.rank)
+                for _, correction in corrections
+                for version in correction.versions
+            ],
+        )
         recompute(session, customer_id, self.settings, self.api)
         # The ledger reads the stored versions back through its own lookups: make sure it now agrees.
         stored = self.stored_snapshots(session, customer_id)
-        for drift in drifts:
-            now_says = mrr_steps(stored[drift.subscription_id], self.rules, until=read.observed_at)
-            if now_says != drift.stripe:
+        for drift, correction in corrections:
+            now_says = mrr_steps(stored[drift.subscription_id], self.rules, until=drift.candidate.observed_at)
+            if now_says != correction.steps:
                 raise CorrectionDidNotTake(
-                    f"after the correction the ledger's MRR history still differs from Stripe's "
+                    f"after the correction the ledger's MRR history still differs from Stripe's records "
                     f"(ledger {_mrr_at_end(now_says)}, Stripe {_mrr_at_end(drift.stripe)})"
                 )
-        session.add_all(self.drift_item(drift) for drift in drifts)
+        session.add_all(self.drift_item(drift, correction) for drift, correction in corrections)
 
-    def drift_item(self, drift: _Drift) -> DriftItem:
-        ledger_mrr, stripe_mrr = _mrr_at_end(drift.ledger), _mrr_at_end(drift.stripe)
-        effective_at = _diverges_at(drift.ledger, drift.stripe)
+    def drift_item(self, drift: _Drift, correction: _Correction) -> DriftItem:
+        ledger_mrr, stripe_mrr = _mrr_at_end(drift.ledger), _mrr_at_end(correction.steps)
+        effective_at = _diverges_at(drift.ledger, correction.steps)
         currency = next(
-            (c for _, c, _ in reversed(drift.ledger + drift.stripe) if c),
+            (c for _, c, _ in reversed(drift.ledger + correction.steps) if c),
             str(drift.subscription.get("currency") or "").lower(),
         )
         status = drift.subscription.get("status")
+        dated = {
+            "records": "dated by Stripe's records",
+            "run": "dated at the run",
+            "records, run": "dated by Stripe's records, the rest at the run",
+        }[correction.dated_by]
         action = (
-            f"added a subscription the ledger had never seen ({status}), effective {iso(effective_at)}"
+            f"added a subscription the ledger had never seen ({status}), effective {iso(effective_at)}, {dated}"
             if drift.never_seen
-            else f"recorded Stripe's state ({status}), effective {iso(effective_at)}"
+            else f"recorded Stripe's state ({status}), effective {iso(effective_at)}, {dated}"
         )
         return DriftItem(
             run_id=self.report.run_id,
@@ -351,6 +590,7 @@ class _Reconciler:
             difference=stripe_mrr - ledger_mrr,
             action=action,
             effective_at=effective_at,
+            dated_by=correction.dated_by,
         )
 
     def ledger_only(self) -> Iterator[str]:
@@ -361,6 +601,32 @@ class _Reconciler:
                 query = query.where(Subscription.livemode == self.settings.livemode)
             live = list(session.scalars(query.order_by(Subscription.id)))
         return (subscription_id for subscription_id in live if subscription_id not in self.seen)
+
+
+def stored_records(session: Session, customer_ids: Sequence[str]) -> dict[str, Records]:
+    """The invoices and pending proration items stored for the customers (from their events), by the
+    subscription they bill."""
+    invoices: dict[str, list[dict[str, Any]]] = {}
+    items: dict[str, list[dict[str, Any]]] = {}
+    for kind, payload in session.execute(
+        select(StripeObject.object, StripeObject.payload).where(
+            StripeObject.object.in_(["invoice", "invoiceitem"]),
+            StripeObject.customer_id.in_(customer_ids),
+            StripeObject.deleted.is_(False),
+        )
+    ):
+        if kind == "invoice":
+            subscription_id = invoice_subscription(payload)
+            if subscription_id is not None:
+                invoices.setdefault(subscription_id, []).append(invoice_fields(payload))
+        elif payload.get("proration") and not payload.get("invoice"):
+            subscription_id = invoice_item_subscription(payload)
+            if subscription_id is not None:
+                items.setdefault(subscription_id, []).append(payload)
+    return {
+        subscription_id: Records(invoices.get(subscription_id, []), items.get(subscription_id, []))
+        for subscription_id in invoices.keys() | items.keys()
+    }
 
 
 def _in_flight(session: Session, customer_id: str, *, now: datetime) -> bool:
@@ -395,13 +661,36 @@ def _pages(api: StripeAPI) -> Iterator[_Read]:
         yield _Read([api.with_every_item(subscription) for subscription in page], observed_at)
 
 
+CATCH_UP_DRAIN_S = 600.0
+"""How long a run applies the events its catch-up stored before it compares (the workers do the rest)."""
+
+
+def _catch_up_first(db: Database, settings: Settings, api: StripeAPI, report: RunReport) -> None:
+    """§9: the events Stripe still keeps come first, through the webhooks' door, and are applied.
+
+    The catch-up stores what no webhook brought (`worker.catchup`), then the
+    run applies every due event as a worker would, under the same partition
+    locks; a customer a worker holds meanwhile is left to it (and skipped as in
+    flight). A catch-up already reading (the clock's) is left to finish.
+    """
+    try:
+        caught = catch_up(db, settings, None, api=api)
+    except RunRefused as exc:
+        log.info("reconcile: events catch-up not run", extra={"reason": str(exc)})
+    else:
+        report.counts["events_caught_up"] = caught.counts["stored"]
+        if caught.status is RunStatus.FAILED:
+            report.error(f"events catch-up {caught.run_id} failed: {'; '.join(caught.errors)}")
+    drain(db, None, budget_s=CATCH_UP_DRAIN_S, after_apply=after_apply_for(settings))
+
+
 def reconcile(db: Database, settings: Settings, *, api: StripeAPI | None = None) -> RunReport:
     """Compare every Stripe subscription with the ledger now; correct and report the drift.
 
-    Raises RunRefused when another reconcile is running, StripeUnavailable
-    without an API key. A Stripe error while listing ends the run `failed`
-    (what was corrected before it stays); errors on single subscriptions end
-    it `partial`, each one listed.
+    Starts with the events catch-up (`_catch_up_first`). Raises RunRefused when
+    another reconcile is running, StripeUnavailable without an API key. A
+    Stripe error while listing ends the run `failed` (what was corrected before
+    it stays); errors on single subscriptions end it `partial`, each one listed.
     """
     api = api or StripeAPI(settings)
     report = start_run(
@@ -410,6 +699,7 @@ def reconcile(db: Database, settings: Settings, *, api: StripeAPI | None = None)
     report.counts.update(dict.fromkeys(COUNTS, 0))
     reconciler = _Reconciler(db, settings, api, report)
     try:
+        _catch_up_first(db, settings, api, report)
         for read in _pages(api):
             reconciler.page(read)
             heartbeat(db, report)

@@ -96,6 +96,7 @@ def test_runs_come_newest_first_with_their_drift(client: FlaskClient, db: Databa
             "difference": -10000,
             "action": "recorded Stripe's state (canceled), effective 2024-03-05T00:00:00Z",
             "effective_at": "2024-03-05T00:00:00Z",
+            "dated_by": "run",
         }
     ]
 
@@ -144,6 +145,7 @@ def test_drift_as_csv(client: FlaskClient, db: Database, query: str, accept: str
         "difference",
         "action",
         "effective_at",
+        "dated_by",
     ]
     assert [row[:7] for row in rows[1:]] == [
         [run_id, "sub_1", "cus_sub_1", "usd", "10000", "0", "-10000"],

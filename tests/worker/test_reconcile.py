@@ -16,10 +16,11 @@ from ledger.db import Database, utcnow
 from ledger.intake import store_event
 from ledger.models import DriftItem, Movement, RunStatus, StripeObject, SubscriptionSnapshot, SyncRun
 from ledger.settings import ENV_VARIABLES, Settings
-from ledger.state import RANK_EVENT, RANK_RECONCILE
+from ledger.state import RANK_EVENT, RANK_HISTORY, RANK_RECONCILE
 from ledger.timeline import Snapshot
 from tests.ledger.subscription_payloads import item, price, subscription, ts, utc
 from tests.stripe_payloads import current_event
+from tests.worker.test_backfill import invoice, line
 from worker import processing
 from worker.cli import main
 from worker.recompute import after_apply_for
@@ -54,10 +55,26 @@ def sub_event(event_id: str, kind: str, payload: dict[str, Any], at) -> dict[str
     return current_event(f"customer.subscription.{kind}", payload, event_id=event_id, created=ts(at))
 
 
-def stripe_lists(*subscriptions: dict[str, Any], has_more: bool = False) -> None:
-    """The next answer of GET /v1/subscriptions (repeated while it is the last one registered)."""
-    page = {"object": "list", "url": "/v1/subscriptions", "data": list(subscriptions), "has_more": has_more}
-    responses.get(f"{BASE}/v1/subscriptions", json=page)
+def stripe_lists(
+    *subscriptions: dict[str, Any],
+    has_more: bool = False,
+    invoices: tuple[dict[str, Any], ...] = (),
+    invoice_items: tuple[dict[str, Any], ...] = (),
+) -> None:
+    """The next answer of GET /v1/subscriptions (repeated while it is the last one registered), and the
+    records every subscription has: `invoices` and pending `invoice_items`, none by default; no events."""
+    for path, data, more in (
+        ("/v1/events", (), False),
+        ("/v1/subscriptions", subscriptions, has_more),
+        ("/v1/invoices", invoices, False),
+        ("/v1/invoiceitems", invoice_items, False),
+    ):
+        responses.get(f"{BASE}{path}", json={"object": "list", "url": path, "data": list(data), "has_more": more})
+
+
+def calls_to(path: str) -> list[Any]:
+    """The requests to `path` and below it (`/v1/coupons` takes in `/v1/coupons/HALF`)."""
+    return [call for call in responses.calls if call.request.url.removeprefix(BASE).split("?")[0].startswith(path)]
 
 
 def movements(db: Database) -> list[tuple[Any, ...]]:
@@ -96,18 +113,20 @@ def test_a_cancellation_the_ledger_missed_is_churn_dated_ended_at(
     ]
     assert drift(db, report.run_id) == [("sub_1", "cus_1", "usd", 10000, 0, -10000, utc(3, 5))]
     assert dict(report.counts) == {
+        "events_caught_up": 0,
         "subscriptions_checked": 1,
         "drifted": 1,
         "corrected": 1,
         "customers_recomputed": 1,
         "skipped_in_flight": 0,
     }
-    [listing] = responses.calls
+    [listing] = calls_to("/v1/subscriptions")
     assert "status=all" in listing.request.url
     assert "expand%5B0%5D=data.discounts&expand%5B1%5D=data.items.data.discounts" in listing.request.url
     with db.session() as session:
+        # Stripe's own record dates it (`ended_at`): stored as history, not as the state the run read.
         [correction] = session.scalars(select(SubscriptionSnapshot).where(SubscriptionSnapshot.source == source))
-        assert correction.rank == RANK_RECONCILE
+        assert correction.rank == RANK_HISTORY
         run = session.get(SyncRun, report.run_id)
         assert run is not None and (run.status, run.counts["corrected"]) == ("ok", 1)
 
@@ -126,6 +145,8 @@ def test_a_quantity_change_the_webhooks_missed_takes_effect_at_the_run(
     [(_, _, _, ledger_mrr, stripe_mrr, difference, effective_at)] = drift(db, report.run_id)
     assert (ledger_mrr, stripe_mrr, difference) == (10000, 30000, 20000)
     assert observed_before(before) <= effective_at <= after
+    with db.session() as session:
+        assert session.scalars(select(DriftItem.dated_by)).all() == ["run"]  # no invoice bills the change
     assert movements(db)[-1] == (
         "cus_1",
         effective_at.date().isoformat(),
@@ -133,6 +154,86 @@ def test_a_quantity_change_the_webhooks_missed_takes_effect_at_the_run(
         20000,
         (f"reconcile:{report.run_id}",),
     )
+
+
+PLATINUM = price(30000, price_id="price_plat", product="prod_plat")
+
+
+def upgraded_on_february_20() -> tuple[dict[str, Any], tuple[dict[str, Any], ...]]:
+    """Gold from Jan 10, platinum from Feb 20 (prorated: a `subscription_update` invoice), and its invoices."""
+    current = subscription(item(PLATINUM), start=utc(1, 10), current_period_start=utc(3, 10))
+    upgrade = invoice(
+        "in_3",
+        utc(2, 20),
+        [
+            line("il_3a", GOLD, utc(2, 20), utc(3, 10), proration=True, amount=-6207),
+            line("il_3b", PLATINUM, utc(2, 20), utc(3, 10), proration=True, amount=18621),
+        ],
+    )
+    upgrade["billing_reason"] = "subscription_update"
+    invoices = (
+        invoice("in_1", utc(1, 10), [line("il_1", GOLD, utc(1, 10), utc(2, 10))]),
+        invoice("in_2", utc(2, 10), [line("il_2", GOLD, utc(2, 10), utc(3, 10))]),
+        upgrade,
+        invoice("in_4", utc(3, 10), [line("il_4", PLATINUM, utc(3, 10), utc(4, 10))]),
+    )
+    return current, invoices
+
+
+@responses.activate
+def test_a_lost_prorated_upgrade_is_dated_by_its_proration_lines(
+    db: Database, settings: Settings, stripe_settings: Settings, api: StripeAPI
+) -> None:
+    ledger_has(db, settings, sub_event("evt_created", "created", gold_since_january(), utc(1, 10)))
+    current, invoices = upgraded_on_february_20()
+    stripe_lists(current, invoices=invoices)
+    responses.get(f"{BASE}/v1/prices/price_gold", json=GOLD)  # the lines name it by id; no event brought it
+
+    report = reconcile(db, stripe_settings, api=api)
+
+    assert report.status is RunStatus.OK, report.errors
+    source = f"reconcile:{report.run_id}"
+    assert movements(db) == [
+        ("cus_1", "2024-01-10", "new", 10000, ("evt_created",)),
+        ("cus_1", "2024-02-20", "expansion", 20000, (source,)),
+    ]
+    assert drift(db, report.run_id) == [("sub_1", "cus_1", "usd", 10000, 30000, 20000, utc(2, 20))]
+    with db.session() as session:
+        [item_] = session.scalars(select(DriftItem))
+    assert item_.dated_by == "records"
+    assert item_.action.endswith("effective 2024-02-20T00:00:00Z, dated by Stripe's records")
+    [listed] = calls_to("/v1/invoices")
+    assert "subscription=sub_1" in listed.request.url
+
+    second = reconcile(db, stripe_settings, api=api)
+    assert (second.counts["drifted"], drift(db, second.run_id)) == (0, [])
+
+
+@responses.activate
+def test_a_lost_upgrade_a_later_event_repaired_is_redated_by_the_invoices_that_arrived(
+    db: Database, settings: Settings, stripe_settings: Settings, api: StripeAPI
+) -> None:
+    # The upgrade's own event was lost; its invoice's events and the renewal's came. Today's MRR is right,
+    # the month before it is not: the stored invoice shows it, and the run rebuilds from Stripe's records.
+    current, invoices = upgraded_on_february_20()
+    ledger_has(
+        db,
+        settings,
+        sub_event("evt_created", "created", gold_since_january(), utc(1, 10)),
+        current_event("invoice.paid", invoices[2], event_id="evt_upgrade_paid", created=ts(utc(2, 20))),
+        sub_event("evt_renewed", "updated", current, utc(3, 10)),
+    )
+    assert [m[1:4] for m in movements(db)] == [("2024-01-10", "new", 10000), ("2024-03-10", "expansion", 20000)]
+    stripe_lists(current, invoices=invoices)
+    responses.get(f"{BASE}/v1/prices/price_gold", json=GOLD)
+
+    report = reconcile(db, stripe_settings, api=api)
+
+    assert report.status is RunStatus.OK, report.errors
+    assert [m[1:4] for m in movements(db)] == [("2024-01-10", "new", 10000), ("2024-02-20", "expansion", 20000)]
+    assert drift(db, report.run_id) == [("sub_1", "cus_1", "usd", 30000, 30000, 0, utc(2, 20))]
+    # Only the drifting subscription's records are read.
+    assert len(calls_to("/v1/invoices")) == 1
 
 
 def tiered_price() -> dict[str, Any]:
@@ -173,7 +274,7 @@ def test_a_subscription_the_ledger_never_saw_is_drift_with_its_prices_and_coupon
         assert set(session.scalars(select(StripeObject.id))) == {"price_seats", "HALF"}
         [action] = session.scalars(select(DriftItem.action))
     assert action.startswith("added a subscription the ledger had never seen (active), effective 2024-02-01T00")
-    fetched = sorted(call.request.url.removeprefix(BASE) for call in responses.calls[1:])
+    fetched = sorted(call.request.url.removeprefix(BASE) for call in calls_to("/v1/coupons") + calls_to("/v1/prices"))
     assert fetched == ["/v1/coupons/HALF?expand%5B0%5D=applies_to", "/v1/prices/price_seats?expand%5B0%5D=tiers"]
 
 
@@ -270,7 +371,7 @@ def test_a_live_subscription_missing_from_the_list_is_read_on_its_own(
 
 
 @responses.activate
-def test_a_customer_whose_events_are_queued_is_left_to_the_worker(
+def test_a_customer_whose_events_are_queued_has_them_applied_before_the_comparison(
     db: Database, settings: Settings, stripe_settings: Settings, api: StripeAPI
 ) -> None:
     ledger_has(db, settings, sub_event("evt_1", "created", gold_since_january(), utc(1, 10)))
@@ -281,7 +382,9 @@ def test_a_customer_whose_events_are_queued_is_left_to_the_worker(
 
     report = reconcile(db, stripe_settings, api=api)
 
-    assert (report.status, report.counts["skipped_in_flight"], report.counts["drifted"]) == (RunStatus.OK, 1, 0)
+    # The run applies the queued event as a worker would (§9: events first), then finds nothing to correct.
+    assert (report.status, report.counts["skipped_in_flight"], report.counts["drifted"]) == (RunStatus.OK, 0, 0)
+    assert movements(db)[-1] == ("cus_1", "2024-02-01", "expansion", 10000, ("evt_2",))
 
 
 @responses.activate
@@ -332,9 +435,9 @@ def test_a_stripe_error_while_listing_fails_the_run_with_one_line_and_status_1(
     )
     assert captured.out.startswith("reconcile reconcile_")
     assert " failed: 1 corrected, " in captured.out
-    assert "starting_after=sub_1" in responses.calls[1].request.url
+    assert "starting_after=sub_1" in calls_to("/v1/subscriptions")[1].request.url
     with db.session() as session:
-        [run] = session.scalars(select(SyncRun))
+        [run] = session.scalars(select(SyncRun).where(SyncRun.kind == "reconcile"))
         assert (run.status, len(run.errors), run.finished_at is not None) == ("failed", 1, True)
     # What the first page corrected stays corrected.
     assert [m[2] for m in movements(db)] == ["new", "churn"]
