@@ -47,16 +47,22 @@ screenshot: $(BIN)/subledger
 # 80.4-92.2%, customer-days 96.8-99.5%, final 150/150; backfill gets days
 # 40.5-82.1%, sums 66.0-76.5%, customer-days 93.4-97.3%, final 149-150/150.
 # Days exact is the least steady figure: one customer wrong for months spoils
-# every one of those days.
+# every one of those days. Dropped on the all-invoiced account (every change
+# has a record reconciliation can date it by) must get every final MRR and
+# 99.5% of customer-days right, and 95% of days and of monthly sums (at a
+# pinned present it gets 99.6% / 97.9% on seed 1 and 100% / 100% on seed 2;
+# mrr-rules.md §9 aims at 99% of sums).
 REPLAY := $(BIN)/python bench/account_replay.py --customers 150 --months 12 --log account_replay.log
 REPLAY_FLOORS_DROPPED := --floor-days 30 --floor-sums 65 --floor-customer-days 93 --floor-final 98
 REPLAY_FLOORS_BACKFILL := --floor-days 20 --floor-sums 50 --floor-customer-days 85 --floor-final 96
 REPLAY_FLOORS_INVOICED := --floor-days 95 --floor-sums 99 --floor-customer-days 99.5 --floor-final 100
+REPLAY_FLOORS_INVOICED_DROPPED := --floor-days 95 --floor-sums 95 --floor-customer-days 99.5 --floor-final 100
 replay: $(BIN)/subledger
 	for seed in 1 2; do \
 		$(REPLAY) --seed $$seed --mode ordered && \
 		$(REPLAY) --seed $$seed --mode shuffled && \
 		$(REPLAY) --seed $$seed --mode dropped $(REPLAY_FLOORS_DROPPED) && \
+		$(REPLAY) --seed $$seed --mode dropped --account all-invoiced $(REPLAY_FLOORS_INVOICED_DROPPED) && \
 		$(REPLAY) --seed $$seed --mode backfill $(REPLAY_FLOORS_BACKFILL) && \
 		$(REPLAY) --seed $$seed --mode backfill --account all-invoiced $(REPLAY_FLOORS_INVOICED) || exit 1; \
 	done

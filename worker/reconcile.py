@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 
 from ledger.db import Database, utcnow
 from ledger.engine import customer_snapshots
-from ledger.history import invoice_fields, invoice_item_subscription, invoice_subscription
+from ledger.history import coupons_as_invoiced, invoice_fields, invoice_item_subscription, invoice_subscription
 from ledger.models import (
     DriftItem,
     EventStatus,
@@ -54,11 +54,12 @@ from worker.recompute import (
     MissingStripeObject,
     after_apply_for,
     fetch_missing,
+    no_longer_waiting,
     recompute,
 )
 from worker.records import InvoicedDiscounts, Records, read_records, stored_prices
 from worker.runs import RunRefused, RunReport, finish_run, heartbeat, record_stop, start_run
-from worker.stripe_api import StripeAPI, StripeUnavailable
+from worker.stripe_api import NoSuchObject, StripeAPI, StripeUnavailable
 
 log = logging.getLogger("subledger.reconcile")
 
@@ -75,6 +76,10 @@ COUNTS = (
     "skipped_in_flight",
 )
 """Counts every reconcile run stores, zero included."""
+
+
+class _DeletedCoupon(NoSuchObject):
+    """Stripe's state names a coupon Stripe has deleted (404) and the ledger does not hold."""
 
 
 class CorrectionDidNotTake(RuntimeError):
@@ -341,6 +346,8 @@ class _Reconciler:
                 self.report.counts["skipped_in_flight"] += len(subscriptions)
                 return []
             stored = self.stored_snapshots(session, customer_id)
+        except NoSuchObject:
+            return list(subscriptions)  # a deleted coupon still named: their invoices value it (`customer`)
         except DBAPIError as exc:
             if exc.connection_invalidated:
                 raise
@@ -357,6 +364,8 @@ class _Reconciler:
                 records = kept.get(drift.subscription_id, Records([], []))
                 if drift.now or self.rebuilt(session, drift, own, records, read, quiet=True):
                     found.append(subscription)
+            except _DeletedCoupon:
+                found.append(subscription)  # its invoices value the coupon (`customer`)
             except Exception as exc:  # nor one subscription the others
                 self.report.error(f"{subscription['id']}: {exc}")
         return found
@@ -371,12 +380,20 @@ class _Reconciler:
     ) -> None:
         """Compare the drifting subscriptions again under the customer's lock, and correct them."""
         counts = self.report.counts
+        revalued = False
         try:
             with session.begin_nested():
                 if not lock_partition(session, customer_id) or _in_flight(session, customer_id, now=utcnow()):
                     counts["skipped_in_flight"] += len(subscriptions)
                     return
-                stored = self.stored_snapshots(session, customer_id)
+                try:
+                    stored = self.stored_snapshots(session, customer_id)
+                except NoSuchObject:
+                    # A coupon Stripe has deleted is still named: valued as the invoices it reduced say.
+                    revalued = self.value_as_invoiced(session, subscriptions, records, read)
+                    if not revalued:
+                        raise
+                    stored = self.stored_snapshots(session, customer_id)
         except DBAPIError as exc:
             if exc.connection_invalidated:
                 raise
@@ -388,13 +405,21 @@ class _Reconciler:
         corrections: list[tuple[_Drift, _Correction]] = []
         for subscription in subscriptions:
             try:
-                drift = self.compare(subscription, customer_id, stored.get(subscription["id"], []), read)
+                try:
+                    drift = self.compare(subscription, customer_id, stored.get(subscription["id"], []), read)
+                except _DeletedCoupon:
+                    if not self.value_as_invoiced(session, [subscription], records, read):
+                        raise
+                    drift = self.compare(subscription, customer_id, stored.get(subscription["id"], []), read)
                 correction = self.correction(session, drift, stored, records.get(drift.subscription_id), read)
                 if correction.versions:
                     corrections.append((drift, correction))
             except Exception as exc:
                 self.report.error(f"{subscription['id']}: {exc}")
         if not corrections:
+            if revalued:  # the ledger could not value the customer until now
+                self.correct(session, customer_id, [])
+                counts["customers_recomputed"] += 1
             return
         counts["drifted"] += len(corrections)
         try:
@@ -409,6 +434,37 @@ class _Reconciler:
         else:
             counts["corrected"] += len(corrections)
             counts["customers_recomputed"] += 1
+
+    def value_as_invoiced(
+        self, session: Session, subscriptions: Sequence[Mapping[str, Any]], records: Mapping[str, Records], read: _Read
+    ) -> bool:
+        """Store what the invoices say of the deleted coupons the subscriptions' discounts still name
+        (`worker.records.InvoicedDiscounts`); whether there were some."""
+        valued: dict[str, dict[str, Any]] = {}
+        for subscription in subscriptions:
+            found = records.get(subscription["id"])
+            if found is None:
+                continue
+            notes: list[str] = []
+            try:
+                history = found.rebuild(
+                    session,
+                    subscription,
+                    prices=self.prices_in(session),
+                    discounts=self.discounts,
+                    read_at=read.observed_at,
+                    notes=notes,
+                )
+            except (ValueError, KeyError, TypeError):
+                continue
+            valued.update(coupons_as_invoiced(history))
+            for note in notes:
+                log.info("reconcile: %s", note)
+        self.discounts.store_valued(session, valued)
+        for coupon_id, coupon in valued.items():  # what the run's own comparisons read coupons from
+            self.catalog.known[coupon_id] = coupon
+            self.catalog.unavailable.pop(coupon_id, None)
+        return bool(valued)
 
     def _not_corrected(self, drifts: Sequence[_Drift], exc: Exception) -> None:
         for drift in drifts:
@@ -440,6 +496,8 @@ class _Reconciler:
             ledger = mrr_steps(stored, self.rules, until=read.observed_at)
             stripe = mrr_steps([*stored, candidate], self.rules, until=read.observed_at)
         except UnresolvedStripeObject as exc:
+            if exc.missing in COUPON_MISSING and exc.object_id in self.catalog.unavailable:
+                raise _DeletedCoupon(self.catalog.why_unresolved(exc)) from None
             raise MissingStripeObject(self.catalog.why_unresolved(exc)) from None
         return _Drift(dict(resolved), subscription_id, customer_id, ledger, stripe, not stored, candidate)
 
@@ -542,6 +600,7 @@ class _Reconciler:
         return find
 
     def correct(self, session: Session, customer_id: str, corrections: Sequence[tuple[_Drift, _Correction]]) -> None:
+        """Store the corrections' versions and recompute the customer (no longer waiting for anything)."""
         record_subscriptions(
             session,
             [
@@ -551,6 +610,7 @@ class _Reconciler:
             ],
         )
         recompute(session, customer_id, self.settings, self.api)
+        no_longer_waiting(session, [customer_id])
         # The ledger reads the stored versions back through its own lookups: make sure it now agrees.
         stored = self.stored_snapshots(session, customer_id)
         for drift, correction in corrections:

@@ -14,13 +14,14 @@ from sqlalchemy import func, select, text, update
 
 from ledger.db import Database, utcnow
 from ledger.intake import store_event
-from ledger.models import DriftItem, Movement, RunStatus, StripeObject, SubscriptionSnapshot, SyncRun
+from ledger.models import DriftItem, Movement, RunStatus, StripeObject, SubscriptionSnapshot, SyncRun, WaitingCustomer
 from ledger.settings import ENV_VARIABLES, Settings
 from ledger.state import RANK_EVENT, RANK_HISTORY, RANK_RECONCILE
 from ledger.timeline import Snapshot
 from tests.ledger.subscription_payloads import item, price, subscription, ts, utc
 from tests.stripe_payloads import current_event
-from tests.worker.test_backfill import invoice, line
+from tests.worker.stripe_http import FakeStripe
+from tests.worker.test_backfill import deleted_coupon_account, invoice, line
 from worker import processing
 from worker.cli import main
 from worker.recompute import after_apply_for
@@ -465,3 +466,31 @@ def test_a_reconcile_that_died_does_not_block_the_next(db: Database, stripe_sett
     report = reconcile(db, stripe_settings, api=api)
     assert report.run_id != dead.run_id
     assert report.status is RunStatus.OK
+
+
+def test_a_ledger_waiting_for_a_deleted_coupon_is_valued_as_its_invoices_value_it(
+    db: Database, settings: Settings
+) -> None:
+    """The event naming SUMMER15's discount by id was received, the coupon's were lost and Stripe answers
+    404 for it: the ledger waits. The run reads the subscription's invoices, stores the coupon as they
+    value it (15% off) and recomputes the customer, who no longer waits."""
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        stripe = FakeStripe(mock)
+        deleted_coupon_account(stripe)
+        config = replace(settings, stripe_api_key="sk_test_subledger", stripe_api_base=stripe.base)
+        [summer] = [s for s in stripe.objects["subscriptions"].values() if s["id"] == "sub_1"]
+        with db.transaction() as session:
+            event = sub_event("evt_summer", "updated", summer, utc(3, 15))
+            store_event(session, event, received_via="webhook", now=utcnow())
+        processing.drain(db, None, budget_s=30, after_apply=after_apply_for(config))
+        with db.session() as session:
+            assert session.get(WaitingCustomer, "cus_1") is not None
+
+        report = reconcile(db, config, api=StripeAPI(config, sleep=lambda _: None))
+
+    assert report.status is RunStatus.OK, report.errors
+    with db.session() as session:
+        assert session.get(WaitingCustomer, "cus_1") is None
+        coupon = session.get(StripeObject, "SUMMER15")
+    assert coupon is not None and (coupon.payload["percent_off"], coupon.deleted) == (15, True)
+    assert [m[2:4] for m in movements(db) if m[0] == "cus_1"][-1] == ("contraction", -450)
