@@ -290,10 +290,10 @@ class _Reconciler:
     def page(self, read: _Read) -> None:
         """Compare a page of subscriptions; read the records of those that drift; correct them.
 
-        Stripe is asked only outside write transactions, so a SQLite writer is
-        never held up by a call to Stripe: the comparison reads, the records are
-        read from Stripe, then each customer is compared again and corrected
-        under its partition lock.
+        The records are read from Stripe outside any write transaction, so a
+        SQLite writer is not held up by them: the comparison only reads, the
+        records are read, then each drifting customer is compared again and
+        corrected under its partition lock.
         """
         by_customer: dict[str, list[Mapping[str, Any]]] = {}
         for subscription in read.subscriptions:
