@@ -111,7 +111,8 @@ def test_a_refused_stripe_key_is_not_repeated(
     db,
 ) -> None:
     error = {"error": {"type": "invalid_request_error", "message": "Invalid API Key provided: sk_test_****ever"}}
-    responses.get("https://stripe.test/v1/subscriptions", json=error, status=401)
+    for path in ("/v1/events", "/v1/subscriptions"):  # reconcile reads the events first
+        responses.get(f"https://stripe.test{path}", json=error, status=401)
     monkeypatch.setenv("DATABASE_URL", settings.database_url)
     monkeypatch.setenv("STRIPE_API_KEY", STRIPE_KEY)
     monkeypatch.setenv("STRIPE_API_BASE", "https://stripe.test")

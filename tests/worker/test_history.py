@@ -18,6 +18,7 @@ from ledger.settings import Settings
 from ledger.state import record_object
 from tests.worker.stripe_http import BASE, FakeStripe
 from worker.history import HISTORY_STREAM, HistoryProgress, HistoryRebuild
+from worker.records import stored_object
 from worker.runs import save_checkpoint
 
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
@@ -62,7 +63,7 @@ def as_invoiced(
 ) -> tuple[dict[str, Any], list[str]]:
     notes: list[str] = []
     with db.transaction() as session:
-        found = history.as_invoiced(session, "sub_1", sub, invoices, notes)
+        found = history.discounts.find(session, "sub_1", sub, invoices, notes)
     return found, notes
 
 
@@ -74,7 +75,7 @@ def test_a_coupon_stripe_still_has_is_read_and_stored(
     assert (found, notes) == ({}, [])
     assert len(stripe.calls("/v1/coupons/SUMMER15")) == 1
     with db.session() as session:
-        assert history._stored_object(session, "SUMMER15", "coupon") is not None
+        assert stored_object(session, "SUMMER15", "coupon") is not None
 
 
 def test_a_coupon_stripe_deleted_is_valued_as_invoiced_once_per_process(
