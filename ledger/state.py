@@ -237,10 +237,24 @@ def _keep_read_applies_to(kept: Mapping[str, Any], other: Mapping[str, Any]) -> 
     return {**kept, "applies_to": other["applies_to"]}
 
 
+_INVOICE_STAGE = {"draft": 0, "open": 1, "paid": 2, "uncollectible": 2, "void": 2}
+"""How far along its life an invoice is: Stripe stamps `invoice.created`, `.finalized` and `.paid` of
+an automatic charge with the same second, and their events arrive in any order."""
+
+
+def _earlier_stage(obj: Mapping[str, Any], stored: Mapping[str, Any]) -> bool:
+    """Whether `obj` is an invoice at an earlier stage of its life than the stored copy of it."""
+    if obj.get("object") != "invoice":
+        return False
+    return _INVOICE_STAGE.get(str(obj.get("status")), 0) < _INVOICE_STAGE.get(str(stored.get("status")), 0)
+
+
 def record_object(session: Session, obj: Mapping[str, Any], *, observed_at: datetime, deleted: bool = False) -> Applied:
     """Store the latest version of a price, coupon, discount, product or invoice.
 
-    A coupon keeps the `applies_to` any copy of it was read with.
+    A coupon keeps the `applies_to` any copy of it was read with. Of two copies
+    of an invoice stamped with the same second, the one further along its life
+    (draft, open, paid) is kept.
     """
     object_id = obj.get("id")
     kind = obj.get("object")
@@ -260,7 +274,7 @@ def record_object(session: Session, obj: Mapping[str, Any], *, observed_at: date
     if not insert_unless_present(session, StripeObject, values, key=["id"]):
         row = session.get(StripeObject, object_id)
         assert row is not None
-        if observed_at >= row.observed_at:
+        if observed_at > row.observed_at or (observed_at == row.observed_at and not _earlier_stage(obj, row.payload)):
             row.payload = _keep_read_applies_to(obj, row.payload)
             row.observed_at = observed_at
             row.customer_id = customer_id or row.customer_id

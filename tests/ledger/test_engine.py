@@ -279,3 +279,19 @@ def test_subscription_paused_sent_beside_an_updated_carrying_the_identical_objec
     ranks = ranks_at(db)
     # Identical copies in event-id order: the same whatever order they arrived in.
     assert ranks == {"evt_1_updated": 0, "evt_2_paused": 1, "evt_3_seats": 2}
+
+
+@pytest.mark.parametrize("order", [("draft", "open", "paid"), ("paid", "open", "draft"), ("open", "paid", "draft")])
+def test_of_invoice_events_stamped_with_one_second_the_paid_invoice_is_kept(
+    db: Database, order: tuple[str, ...]
+) -> None:
+    """invoice.created, .finalized and .paid of an automatic charge share their second: in any order,
+    the stored invoice is the paid one (a draft would not count as billed, mrr-rules.md §10)."""
+    with db.transaction() as session:
+        for status in order:
+            record_object(session, {"id": "in_1", "object": "invoice", "status": status}, observed_at=utc(1, 1))
+        record_object(session, {"id": "in_2", "object": "invoice", "status": "open"}, observed_at=utc(1, 1))
+        record_object(session, {"id": "in_2", "object": "invoice", "status": "void"}, observed_at=utc(1, 2))
+    with db.session() as session:
+        stored = {row.id: row.payload["status"] for row in session.scalars(select(StripeObject))}
+    assert stored == {"in_1": "paid", "in_2": "void"}
