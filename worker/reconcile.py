@@ -579,10 +579,11 @@ class _Reconciler:
                 if not self.catalog.fetch(exc):
                     raise MissingStripeObject(self.catalog.why_unresolved(exc)) from None
         added: list[Snapshot] = []
+        ledger = mrr_steps(own, self.rules, until=read.observed_at)
         for snapshot in snapshots:
-            ledger = mrr_steps([*own, *added], self.rules, until=read.observed_at)
             if _worth_at(ledger, snapshot.observed_at) != _worth_at(truth, snapshot.observed_at):
                 added.append(snapshot)
+                ledger = mrr_steps([*own, *added], self.rules, until=read.observed_at)
         return added
 
     def prices_in(self, session: Session) -> Callable[[str], Mapping[str, Any] | None]:
