@@ -26,6 +26,7 @@ from ledger.db import (
     insert_unless_present,
     upsert_newer,
 )
+from ledger.history import invoice_subscription
 from ledger.intake import (
     CATALOG_EVENTS,
     CUSTOMER_EVENTS,
@@ -58,6 +59,8 @@ class Applied:
     customer_id: str | None
     subscription_id: str | None
     observed_at: datetime
+    billed: str | None = None
+    """For a paid invoice, the subscription it bills: what it billed is evidence about the ledger (§10)."""
 
 
 def content_hash(document: Mapping[str, Any]) -> str:
@@ -284,7 +287,8 @@ def record_object(session: Session, obj: Mapping[str, Any], *, observed_at: date
         row.deleted = row.deleted or deleted
     if customer_id is not None:
         ensure_customer(session, customer_id, livemode=livemode)
-    return Applied(customer_id=customer_id, subscription_id=None, observed_at=observed_at)
+    billed = invoice_subscription(obj) if kind == "invoice" and obj.get("status") == "paid" else None
+    return Applied(customer_id=customer_id, subscription_id=None, observed_at=observed_at, billed=billed)
 
 
 def record_objects(

@@ -89,15 +89,22 @@ def _drift(item: DriftItem) -> dict[str, Any]:
     }
 
 
+RECONCILING_KINDS = ("reconcile", "repair")
+"""The nightly (or on demand) runs, and the repairs a paid invoice contradicting the ledger queued."""
+
+
 @bp.get("/reconciliation")
 def reconciliation() -> ResponseReturnValue:
-    """The latest reconcile runs, newest first, each with its drift items."""
+    """The latest reconcile and repair runs, newest first, each with its drift items."""
     limit = whole_number("limit", default=10, low=1, high=100)
     as_csv = wants_csv()
     with services().database.session() as session:
         runs = list(
             session.scalars(
-                select(SyncRun).where(SyncRun.kind == "reconcile").order_by(SyncRun.started_at.desc()).limit(limit)
+                select(SyncRun)
+                .where(SyncRun.kind.in_(RECONCILING_KINDS))
+                .order_by(SyncRun.started_at.desc())
+                .limit(limit)
             )
         )
         drift: dict[str, list[DriftItem]] = {run.id: [] for run in runs}

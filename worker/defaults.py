@@ -32,3 +32,10 @@ ROLL_FORWARD_CRON = "10 0 * * *"
 
 CATCH_UP_INTERVAL_S = 300
 """How often the clock reads back recent events from Stripe's Events API."""
+
+REPAIR_DELAY_S = 30
+"""A paid invoice that contradicts the ledger has its subscription repaired this long after: the events
+of the same moment (delivered out of order) are applied first."""
+
+REPAIR_ATTEMPTS = 4
+"""A repair skipped for events in flight is tried again, each time twice as late, up to this many times."""

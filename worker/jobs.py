@@ -15,10 +15,10 @@ from ledger.db import utcnow
 from ledger.intake import WAKE_KEY
 from ledger.models import EventStatus, StripeEvent
 from worker import context, processing
-from worker.defaults import DRAIN_BUDGET_S, STUCK_AFTER_S
-from worker.queues import wake_shard
+from worker.defaults import DRAIN_BUDGET_S, REPAIR_ATTEMPTS, REPAIR_DELAY_S, STUCK_AFTER_S
+from worker.queues import queue, wake_shard
 from worker.recompute import after_apply_for, retry_waiting
-from worker.runs import RunRefused
+from worker.runs import RunRefused, one_line
 
 log = logging.getLogger("subledger.worker")
 
@@ -35,12 +35,45 @@ def drain_shard(shard: int) -> dict[str, Any]:
     connection = _connection()
     # Cleared before reading the database: an event stored from now on queues a new job.
     connection.delete(WAKE_KEY.format(shard=shard))
+    settings = context.settings()
+    billed: set[str] = set()
     report = processing.drain(
-        context.database(), shard, budget_s=DRAIN_BUDGET_S, after_apply=after_apply_for(context.settings())
+        context.database(), shard, budget_s=DRAIN_BUDGET_S, after_apply=after_apply_for(settings, billed=billed)
     )
     if report.more_work:
         wake_shard(connection, shard, force=True)
-    return asdict(report)
+    result = asdict(report)
+    if billed and settings.stripe_api_key:
+        result["repairs_queued"] = _queue_repairs(connection, billed)
+    return result
+
+
+def _queue_repairs(connection: Redis, billed: set[str]) -> list[str]:
+    """Queue a `repair` of the subscriptions whose paid invoices contradict the ledger (mrr-rules.md §9)."""
+    from worker.reconcile import contradicted_by_records
+
+    try:
+        with context.database().session() as session:
+            contradicted = contradicted_by_records(session, context.settings().rules, billed)
+    except Exception as exc:  # the events are applied: the nightly reconcile compares what this could not
+        log.warning("paid invoices not compared with the ledger: %s", one_line(exc))
+        return []
+    if contradicted:
+        log.info("paid invoices contradict the ledger: repair queued", extra={"subscriptions": contradicted})
+        queue(connection).enqueue_in(timedelta(seconds=REPAIR_DELAY_S), repair_subscriptions, contradicted, 1)
+    return contradicted
+
+
+def repair_subscriptions(subscription_ids: list[str], attempt: int) -> dict[str, Any]:
+    """Reconcile subscriptions a paid invoice contradicted; again later while their customers have events in flight."""
+    from worker.reconcile import repair
+
+    report = repair(context.database(), context.settings(), subscription_ids, trigger="paid invoice")
+    if report.counts["skipped_in_flight"] and attempt < REPAIR_ATTEMPTS:
+        queue(_connection()).enqueue_in(
+            timedelta(seconds=REPAIR_DELAY_S * 2**attempt), repair_subscriptions, subscription_ids, attempt + 1
+        )
+    return {"run": report.run_id, "status": report.status.value, "counts": dict(report.counts)}
 
 
 def sweep() -> dict[str, Any]:

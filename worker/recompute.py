@@ -180,8 +180,12 @@ def _summary(result: Recomputed) -> str:
     return f"+{result.movements_added}/-{result.movements_removed} movements" + (f" (latest: {kinds})" if kinds else "")
 
 
-def after_apply_for(settings: Settings) -> AfterApply:
-    """The hook `worker.processing` calls once a batch of events is applied."""
+def after_apply_for(settings: Settings, *, billed: set[str] | None = None) -> AfterApply:
+    """The hook `worker.processing` calls once a batch of events is applied.
+
+    `billed` collects the subscriptions the batch's paid invoices bill, for the caller to compare with
+    what the ledger says of them (`worker.reconcile.contradicted_by_records`).
+    """
     api = StripeAPI(settings) if settings.stripe_api_key else None
 
     def current_state(subscription_id: str) -> Mapping[str, Any] | None:
@@ -194,6 +198,8 @@ def after_apply_for(settings: Settings) -> AfterApply:
             return None
 
     def after_apply(session: Session, applied: list[Applied]) -> dict[str, str]:
+        if billed is not None:
+            billed.update(a.billed for a in applied if a.billed)
         customers = sorted({a.customer_id for a in applied if a.customer_id})
         touched = {(a.subscription_id, a.observed_at) for a in applied if a.subscription_id}
         for subscription_id, observed_at in tied_subscriptions(session, customers):

@@ -30,7 +30,14 @@ from sqlalchemy.orm import Session
 
 from ledger.db import Database, utcnow
 from ledger.engine import customer_snapshots
-from ledger.history import coupons_as_invoiced, invoice_fields, invoice_item_subscription, invoice_subscription
+from ledger.history import (
+    CURRENT_SOURCE,
+    HistoricalVersion,
+    coupons_as_invoiced,
+    invoice_fields,
+    invoice_item_subscription,
+    invoice_subscription,
+)
 from ledger.models import (
     DriftItem,
     EventStatus,
@@ -57,7 +64,7 @@ from worker.recompute import (
     no_longer_waiting,
     recompute,
 )
-from worker.records import InvoicedDiscounts, Records, read_records, stored_prices
+from worker.records import InvoicedDiscounts, Records, read_records, stored_payload, stored_prices
 from worker.runs import RunRefused, RunReport, finish_run, heartbeat, record_stop, start_run
 from worker.stripe_api import NoSuchObject, StripeAPI, StripeUnavailable
 
@@ -274,6 +281,43 @@ def _worth_at(steps: Sequence[Step], instant: datetime) -> Worth:
     return worth
 
 
+def missing_versions(
+    own: Sequence[Snapshot],
+    history: Sequence[HistoricalVersion],
+    lookup: Callable[[str], Mapping[str, Any] | None],
+    rules: RuleSettings,
+    customer_id: str,
+    *,
+    source: str,
+    until: datetime,
+) -> list[Snapshot]:
+    """The rebuilt versions (before `until`) the ledger's versions `own` lack: kept, oldest first, where
+    the ledger with the ones kept before is worth something else at its instant than the records say.
+
+    Raises UnresolvedStripeObject for an object a version names that `lookup` lacks.
+    """
+    snapshots = [
+        Snapshot(
+            str(version.subscription["id"]),
+            customer_id,
+            version.observed_at,
+            RANK_HISTORY,
+            source,
+            resolve_subscription(version.subscription, lookup),
+        )
+        for version in history
+        if version.observed_at < until  # Stripe's state as read is the caller's
+    ]
+    truth = mrr_steps(snapshots, rules, until=until)
+    added: list[Snapshot] = []
+    ledger = mrr_steps(own, rules, until=until)
+    for snapshot in snapshots:
+        if _worth_at(ledger, snapshot.observed_at) != _worth_at(truth, snapshot.observed_at):
+            added.append(snapshot)
+            ledger = mrr_steps([*own, *added], rules, until=until)
+    return added
+
+
 class _Reconciler:
     def __init__(self, db: Database, settings: Settings, api: StripeAPI, report: RunReport) -> None:
         self.db = db
@@ -286,6 +330,7 @@ class _Reconciler:
         self.discounts = InvoicedDiscounts(lambda: api)
         self.prices: dict[str, Mapping[str, Any]] = {}
         self.seen: set[str] = set()
+        self.deferred: list[tuple[str, list[Mapping[str, Any]], dict[str, Records], _Read]] = []
 
     def page(self, read: _Read) -> None:
         """Compare a page of subscriptions; read the records of those that drift; correct them.
@@ -329,7 +374,16 @@ class _Reconciler:
         with self.db.transaction() as session:
             self.catalog.store_fetched(session, read.observed_at)
             for customer_id, subscriptions in drifting.items():
-                self.customer(session, customer_id, subscriptions, records, read)
+                if not self.customer(session, customer_id, subscriptions, records, read, last_try=False):
+                    self.deferred.append((customer_id, subscriptions, records, read))
+
+    def last_tries(self) -> None:
+        """The customers left for a deleted coupon their own invoices do not value: another customer's may
+        have valued it since (`value_as_invoiced`)."""
+        deferred, self.deferred = self.deferred, []
+        for customer_id, subscriptions, records, read in deferred:
+            with self.db.transaction() as session:
+                self.customer(session, customer_id, subscriptions, records, read, revalued=True)
 
     def drifting(
         self,
@@ -377,20 +431,29 @@ class _Reconciler:
         subscriptions: list[Mapping[str, Any]],
         records: Mapping[str, Records],
         read: _Read,
-    ) -> None:
-        """Compare the drifting subscriptions again under the customer's lock, and correct them."""
+        *,
+        last_try: bool = True,
+        revalued: bool = False,
+    ) -> bool:
+        """Compare the drifting subscriptions again under the customer's lock, and correct them.
+
+        False, and nothing done, when a coupon Stripe deleted is named that no invoice valued yet and this
+        is not the `last_try`. `revalued`: the customer is recomputed even if nothing drifts (it waited
+        for such a coupon).
+        """
         counts = self.report.counts
-        revalued = False
         try:
             with session.begin_nested():
                 if not lock_partition(session, customer_id) or _in_flight(session, customer_id, now=utcnow()):
                     counts["skipped_in_flight"] += len(subscriptions)
-                    return
+                    return True
                 try:
                     stored = self.stored_snapshots(session, customer_id)
                 except NoSuchObject:
                     # A coupon Stripe has deleted is still named: valued as the invoices it reduced say.
                     revalued = self.value_as_invoiced(session, subscriptions, records, read)
+                    if not revalued and not last_try:
+                        return False
                     if not revalued:
                         raise
                     stored = self.stored_snapshots(session, customer_id)
@@ -398,10 +461,10 @@ class _Reconciler:
             if exc.connection_invalidated:
                 raise
             self.report.error(f"{customer_id}: {exc}")
-            return
+            return True
         except Exception as exc:
             self.report.error(f"{customer_id}: {exc}")
-            return
+            return True
         corrections: list[tuple[_Drift, _Correction]] = []
         for subscription in subscriptions:
             try:
@@ -420,7 +483,7 @@ class _Reconciler:
             if revalued:  # the ledger could not value the customer until now
                 self.correct(session, customer_id, [])
                 counts["customers_recomputed"] += 1
-            return
+            return True
         counts["drifted"] += len(corrections)
         try:
             with session.begin_nested():
@@ -434,6 +497,7 @@ class _Reconciler:
         else:
             counts["corrected"] += len(corrections)
             counts["customers_recomputed"] += 1
+        return True
 
     def value_as_invoiced(
         self, session: Session, subscriptions: Sequence[Mapping[str, Any]], records: Mapping[str, Records], read: _Read
@@ -561,30 +625,12 @@ class _Reconciler:
         lookup = self.lookup(session)
         while True:
             try:
-                snapshots = [
-                    Snapshot(
-                        drift.subscription_id,
-                        drift.customer_id,
-                        version.observed_at,
-                        RANK_HISTORY,
-                        self.source,
-                        resolve_subscription(version.subscription, lookup),
-                    )
-                    for version in history
-                    if version.observed_at < read.observed_at  # Stripe's state as read: `drift.candidate`
-                ]
-                truth = mrr_steps(snapshots, self.rules, until=read.observed_at)
-                break
+                return missing_versions(
+                    own, history, lookup, self.rules, drift.customer_id, source=self.source, until=read.observed_at
+                )
             except UnresolvedStripeObject as exc:  # a price no event brought: the records name it by id
                 if not self.catalog.fetch(exc):
                     raise MissingStripeObject(self.catalog.why_unresolved(exc)) from None
-        added: list[Snapshot] = []
-        ledger = mrr_steps(own, self.rules, until=read.observed_at)
-        for snapshot in snapshots:
-            if _worth_at(ledger, snapshot.observed_at) != _worth_at(truth, snapshot.observed_at):
-                added.append(snapshot)
-                ledger = mrr_steps([*own, *added], self.rules, until=read.observed_at)
-        return added
 
     def prices_in(self, session: Session) -> Callable[[str], Mapping[str, Any] | None]:
         stored = stored_prices(session, self.prices)
@@ -593,10 +639,7 @@ class _Reconciler:
     def lookup(self, session: Session) -> Callable[[str], Mapping[str, Any] | None]:
         def find(object_id: str) -> Mapping[str, Any] | None:
             known = self.catalog.lookup(object_id)
-            if known is not None:
-                return known
-            row = session.get(StripeObject, object_id)
-            return row.payload if row is not None else None
+            return known if known is not None else stored_payload(session, object_id)
 
         return find
 
@@ -690,6 +733,79 @@ def stored_records(session: Session, customer_ids: Sequence[str]) -> dict[str, R
     }
 
 
+def _embedded_rates(snapshots: Sequence[Snapshot]) -> dict[str, Mapping[str, Any]]:
+    """The prices (and legacy plans) the versions carry whole, by id: a price seen only inside a
+    subscription is not stored on its own."""
+    found: dict[str, Mapping[str, Any]] = {}
+    for snapshot in snapshots:
+        for entry in (snapshot.subscription.get("items") or {}).get("data") or []:
+            for key in ("price", "plan"):
+                rate = entry.get(key)
+                if isinstance(rate, Mapping) and isinstance(rate.get("id"), str):
+                    found.setdefault(rate["id"], rate)
+    return found
+
+
+def contradicted_by_records(session: Session, rules: RuleSettings, subscription_ids: Iterable[str]) -> list[str]:
+    """Of the subscriptions, those whose stored records date a change the ledger's versions lack.
+
+    The worker asks it of the subscriptions a paid invoice it just applied
+    bills (§10): rebuilt from the invoices and proration items the ledger
+    stored, the subscription's history is worth something else at some
+    record's instant than the ledger says: an event never came. Read only, no
+    Stripe call; the subscription's latest version stands for its current
+    state, and only versions a record dates are compared. A subscription whose
+    versions or records name an object not stored counts as contradicted:
+    `repair` reads it from Stripe.
+    """
+    owners: dict[str, str] = {
+        subscription_id: customer_id
+        for subscription_id, customer_id in session.execute(
+            select(Subscription.id, Subscription.customer_id).where(Subscription.id.in_(subscription_ids))
+        )
+    }
+    kept = stored_records(session, sorted(set(owners.values())))
+    found: list[str] = []
+    for subscription_id, customer_id in sorted(owners.items()):
+        records = kept.get(subscription_id)
+        if records is None:
+            continue
+        try:
+            own = [
+                s
+                for s in customer_snapshots(session, [customer_id])[customer_id]
+                if s.subscription_id == subscription_id
+            ]
+            if not own or _lacks_records(session, rules, own, records):
+                found.append(subscription_id)
+        except UnresolvedStripeObject:
+            found.append(subscription_id)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("records not compared", extra={"subscription": subscription_id, "error": str(exc)})
+    return found
+
+
+def _lacks_records(session: Session, rules: RuleSettings, own: Sequence[Snapshot], records: Records) -> bool:
+    """Whether the versions lack a change the records date (`contradicted_by_records`)."""
+    latest = max(own, key=lambda snapshot: (snapshot.observed_at, snapshot.rank))
+    embedded = _embedded_rates(own)
+    stored = stored_prices(session, {})
+
+    def lookup(object_id: str) -> Mapping[str, Any] | None:
+        return stored_payload(session, object_id) or embedded.get(object_id)
+
+    history = records.rebuild(
+        session,
+        latest.subscription,
+        prices=lambda price_id: stored(price_id) or embedded.get(price_id),
+        discounts=InvoicedDiscounts(None),
+        read_at=latest.observed_at,
+        notes=[],
+    )
+    dated = [version for version in history if version.source != CURRENT_SOURCE]
+    return bool(missing_versions(own, dated, lookup, rules, latest.customer_id, source="", until=utcnow()))
+
+
 def _in_flight(session: Session, customer_id: str, *, now: datetime) -> bool:
     """Whether the customer has events a worker has not tried yet, received lately.
 
@@ -773,6 +889,7 @@ def reconcile(db: Database, settings: Settings, *, api: StripeAPI | None = None)
                 continue
             reconciler.page(_Read([found], observed_at))
             heartbeat(db, report)
+        reconciler.last_tries()
     except StripeUnavailable as exc:
         report.error(f"reading subscriptions from Stripe: {exc}")
         return finish_run(db, report, RunStatus.FAILED)
@@ -780,4 +897,43 @@ def reconcile(db: Database, settings: Settings, *, api: StripeAPI | None = None)
         record_stop(db, report, exc)
         raise
     log.info("reconcile finished", extra={"run": report.run_id, "counts": dict(report.counts)})
+    return finish_run(db, report)
+
+
+def repair(
+    db: Database, settings: Settings, subscription_ids: Sequence[str], *, trigger: str, api: StripeAPI | None = None
+) -> RunReport:
+    """Reconcile these subscriptions now, as the nightly run would (a `repair` run, drift listed alike).
+
+    The worker asks for it when a paid invoice contradicts the ledger
+    (`contradicted_by_records`), so the ledger is not wrong until the night.
+    No events catch-up (the webhooks are flowing); not exclusive (corrections
+    take the customer's lock). A customer with events in flight is skipped,
+    and counted: the caller tries again later.
+    """
+    api = api or StripeAPI(settings)
+    report = start_run(
+        db,
+        "repair",
+        parameters={"subscriptions": sorted(subscription_ids), "trigger": trigger},
+        livemode=settings.livemode,
+        stripe_api_version=api.api_version,
+        exclusive=False,
+    )
+    report.counts.update(dict.fromkeys(COUNTS[1:], 0))
+    reconciler = _Reconciler(db, settings, api, report)
+    try:
+        for subscription_id in sorted(set(subscription_ids)):
+            observed_at = observed_before(utcnow())
+            try:
+                found = api.subscription(subscription_id)
+            except StripeUnavailable as exc:
+                report.error(f"{subscription_id}: not read from Stripe ({exc})")
+                continue
+            reconciler.page(_Read([found], observed_at))
+        reconciler.last_tries()
+    except BaseException as exc:
+        record_stop(db, report, exc)
+        raise
+    log.info("repair finished", extra={"run": report.run_id, "trigger": trigger, "counts": dict(report.counts)})
     return finish_run(db, report)

@@ -40,6 +40,11 @@ def stored_object(session: Session, object_id: str, kind: str) -> Mapping[str, A
     return row.payload if row is not None and row.object == kind else None
 
 
+def stored_payload(session: Session, object_id: str) -> Mapping[str, Any] | None:
+    row = session.get(StripeObject, object_id)
+    return row.payload if row is not None else None
+
+
 def stored_prices(session: Session, cache: dict[str, Mapping[str, Any]]) -> PriceLookup:
     """Stored prices (and legacy plans) by id, each read once into `cache`."""
 
@@ -60,10 +65,11 @@ class InvoicedDiscounts:
     A discount Stripe no longer has (named by id, neither expanded anywhere nor
     stored: removed since), and one whose coupon Stripe has deleted (named by
     id, not stored whole, 404): neither can be read again, and the ledger must
-    not wait for them. Each coupon is looked for once per instance.
+    not wait for them. Each coupon is looked for once per instance; without
+    `api` none is (the caller reads them from Stripe later).
     """
 
-    def __init__(self, api: Callable[[], StripeAPI]) -> None:
+    def __init__(self, api: Callable[[], StripeAPI] | None) -> None:
         self._api = api
         self._gone: dict[str, Mapping[str, Any] | None] = {}
         """Coupons looked for so far: what is known of one Stripe has deleted, None for one it has."""
@@ -120,7 +126,8 @@ class InvoicedDiscounts:
         if coupon_id not in self._gone:
             stored = stored_object(session, coupon_id, "coupon")
             gone: Mapping[str, Any] | None = None
-            if stored is None or (stored.get("percent_off") is None and stored.get("amount_off") is None):
+            unvalued = stored is None or (stored.get("percent_off") is None and stored.get("amount_off") is None)
+            if unvalued and self._api is not None:
                 try:
                     record_object(session, self._api().coupon(coupon_id), observed_at=utcnow())
                 except NoSuchObject:

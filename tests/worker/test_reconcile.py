@@ -10,6 +10,11 @@ from typing import Any
 
 import pytest
 import responses
+from flask.testing import FlaskClient
+from redis import Redis
+from rq import SimpleWorker
+from rq.job import Job
+from rq.registry import ScheduledJobRegistry
 from sqlalchemy import func, select, text, update
 
 from ledger.db import Database, utcnow
@@ -22,8 +27,10 @@ from tests.ledger.subscription_payloads import item, price, subscription, ts, ut
 from tests.stripe_payloads import current_event
 from tests.worker.stripe_http import FakeStripe
 from tests.worker.test_backfill import deleted_coupon_account, invoice, line
+from tests.worker.test_pipeline import deliver
 from worker import processing
 from worker.cli import main
+from worker.queues import queue
 from worker.recompute import after_apply_for
 from worker.reconcile import mrr_steps, observed_before, reconcile
 from worker.runs import RunRefused, start_run
@@ -494,3 +501,61 @@ def test_a_ledger_waiting_for_a_deleted_coupon_is_valued_as_its_invoices_value_i
         coupon = session.get(StripeObject, "SUMMER15")
     assert coupon is not None and (coupon.payload["percent_off"], coupon.deleted) == (15, True)
     assert [m[2:4] for m in movements(db) if m[0] == "cus_1"][-1] == ("contraction", -450)
+
+
+def scheduled_repairs(redis: Redis) -> list[Job]:
+    registry = ScheduledJobRegistry(queue=queue(redis))
+    return [Job.fetch(job_id, connection=redis) for job_id in registry.get_job_ids()]
+
+
+def run_worker(redis: Redis) -> None:
+    """An RQ worker in burst mode, in this process (so `responses` answers its Stripe calls)."""
+    SimpleWorker([queue(redis)], connection=redis).work(burst=True)
+
+
+@responses.activate
+def test_a_paid_invoice_that_contradicts_the_ledger_has_the_worker_repair_it_before_the_night(
+    client: FlaskClient, db: Database, redis: Redis, worker_env: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upgrade's event was lost; its invoice and the renewal's came as webhooks. The worker finds that
+    what they billed is not what the ledger says, and queues a repair that rebuilds the subscription
+    from Stripe's records: the upgrade is dated February 20, as its proration lines say."""
+    monkeypatch.setenv("STRIPE_API_KEY", "sk_test_subledger")
+    monkeypatch.setenv("STRIPE_API_BASE", BASE)
+    current, invoices = upgraded_on_february_20()
+    stripe_lists(current, invoices=invoices)
+    responses.get(f"{BASE}/v1/subscriptions/sub_1", json=current)
+    responses.get(f"{BASE}/v1/prices/price_gold", json=GOLD)
+    paid = [current_event("invoice.paid", i, event_id=f"evt_{i['id']}", created=i["created"]) for i in invoices]
+
+    deliver(client, sub_event("evt_created", "created", gold_since_january(), utc(1, 10)), *paid[:2])
+    run_worker(redis)
+    assert scheduled_repairs(redis) == []  # January and February billed what the ledger says
+
+    deliver(client, *paid[2:])
+    run_worker(redis)
+    assert [m[1:4] for m in movements(db)] == [("2024-01-10", "new", 10000)]
+    [job] = scheduled_repairs(redis)
+    assert job.args == (["sub_1"], 1)
+    ScheduledJobRegistry(queue=queue(redis)).remove(job)
+    queue(redis).enqueue_job(job)  # due now rather than in REPAIR_DELAY_S
+    run_worker(redis)
+
+    assert [m[1:4] for m in movements(db)] == [("2024-01-10", "new", 10000), ("2024-02-20", "expansion", 20000)]
+    with db.session() as session:
+        run = session.scalars(select(SyncRun).where(SyncRun.kind == "repair")).one()
+        [item_] = session.scalars(select(DriftItem).where(DriftItem.run_id == run.id))
+    assert (run.status, run.parameters) == ("ok", {"subscriptions": ["sub_1"], "trigger": "paid invoice"})
+    assert (item_.ledger_mrr, item_.stripe_mrr, item_.effective_at, item_.dated_by) == (
+        10000,
+        30000,
+        utc(2, 20),
+        "records",
+    )
+    assert "subscription=sub_1" in calls_to("/v1/invoices")[0].request.url
+    assert calls_to("/v1/events") == []  # a repair reads no events: the webhooks are flowing
+    # The repaired ledger agrees with the invoices: the next one queues nothing.
+    renewal = invoice("in_5", utc(4, 10), [line("il_5", PLATINUM, utc(4, 10), utc(5, 10))])
+    deliver(client, current_event("invoice.paid", renewal, event_id="evt_in_5", created=renewal["created"]))
+    run_worker(redis)
+    assert scheduled_repairs(redis) == []
