@@ -15,7 +15,9 @@ is delivered in one of four modes:
   on one connection, in order; four connections);
 - `shuffled`: every event in a random order, 10% of them delivered twice,
   over 8 connections;
-- `dropped`: `ordered` with 10% of the webhooks never delivered, then
+- `dropped`: `ordered` with 10% of the webhooks never delivered; once the
+  repairs the workers queued for paid invoices that contradict the ledger
+  have run, the ledger is scored ("before reconcile"), then
   `subledger reconcile`;
 - `backfill`: no webhooks; `subledger backfill` on the empty database.
 
@@ -61,7 +63,7 @@ from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
 from ledger.db import Database
-from ledger.models import StripeEvent, WaitingCustomer
+from ledger.models import StripeEvent, SyncRun, WaitingCustomer
 from ledger.settings import load_settings
 from worker.demo import DEMO_RULES, WebhookSender, deliver
 from worker.local import ProcessGroup, local_system
@@ -360,6 +362,27 @@ def wait_idle(db: Database, group: ProcessGroup, *, expected: int) -> tuple[dict
     return event_status(db)
 
 
+def wait_repairs(db: Database, redis_url: str, group: ProcessGroup) -> int:
+    """Until the repairs the workers queued for paid invoices that contradicted the ledger have run (they
+    are queued REPAIR_DELAY_S late); how many ran."""
+    from redis import Redis
+    from rq.registry import ScheduledJobRegistry, StartedJobRegistry
+
+    from worker.queues import queue
+
+    jobs = queue(Redis.from_url(redis_url))
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    while time.monotonic() < deadline:
+        _check_running(group)
+        busy = jobs.count + ScheduledJobRegistry(queue=jobs).count + StartedJobRegistry(queue=jobs).count
+        if not busy:
+            break
+        time.sleep(1)
+    wait_idle(db, group, expected=0)
+    with db.session() as session:
+        return int(session.scalar(select(func.count()).select_from(SyncRun).where(SyncRun.kind == "repair")) or 0)
+
+
 def run_cli(env: Mapping[str, str], log: IO[bytes], *args: str) -> str:
     """`subledger ARGS` as a user runs it: its report (standard output); its log lines go to `log`."""
     executable = os.path.join(os.path.dirname(sys.executable), "subledger")
@@ -522,6 +545,11 @@ def replay(args: argparse.Namespace) -> Figures:
                     counts, retried = wait_idle(db, group, expected=unique)
             print(f"delivered {len(delivered)} webhooks ({unique} distinct); events: {counts}; retried {retried}")
             if args.mode == "dropped":
+                with timings.phase("repairs"):
+                    repairs = wait_repairs(db, args.redis_url, group)
+                movements, daily = read_ledger(url, token, first, last)
+                before = compare(args.mode, truth, movements, daily, first=first, last=last)
+                print(f"before reconcile, after {repairs} repair runs: {before.last_line().split(': ', 1)[1]}")
                 with timings.phase("reconcile"):
                     output = run_cli(env, log, "reconcile")
                     counts, retried = wait_idle(db, group, expected=0)
