@@ -26,7 +26,7 @@ from ledger.timeline import Snapshot
 from tests.ledger.subscription_payloads import item, price, subscription, ts, utc
 from tests.stripe_payloads import current_event
 from tests.worker.stripe_http import FakeStripe
-from tests.worker.test_backfill import deleted_coupon_account, invoice, line
+from tests.worker.test_backfill import PRO, customer, deleted_coupon_account, discount, invoice, line
 from tests.worker.test_pipeline import deliver
 from worker import processing
 from worker.cli import main
@@ -559,3 +559,42 @@ def test_a_paid_invoice_that_contradicts_the_ledger_has_the_worker_repair_it_bef
     deliver(client, current_event("invoice.paid", renewal, event_id="evt_in_5", created=renewal["created"]))
     run_worker(redis)
     assert scheduled_repairs(redis) == []
+
+
+def test_a_customer_whose_invoices_took_nothing_off_a_deleted_coupon_is_valued_by_another_customers(
+    db: Database, settings: Settings
+) -> None:
+    """cus_0 is trialing with SUMMER15 too: its only invoice took 0 off, which says nothing of the coupon.
+    cus_0 comes first; the run tries it again once cus_1's invoices have valued the coupon (15% off)."""
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        stripe = FakeStripe(mock)
+        deleted_coupon_account(stripe)
+        zero = {**discount("di_zero", "SUMMER15", utc(3, 15), "sub_0"), "customer": "cus_0"}
+        trialing = subscription(
+            item(PRO), start=utc(3, 15), sub_id="sub_0", customer="cus_0", status="trialing", discounts=[zero]
+        )
+        trialing.update(trial_start=ts(utc(3, 15)), trial_end=ts(utc(4, 15)))
+        trial_line = line("il_0", PRO, utc(3, 15), utc(4, 15), sub_id="sub_0", amount=0)
+        trial_line["discount_amounts"] = [{"amount": 0, "discount": "di_zero"}]
+        stripe.add("customers", customer("cus_0", utc(3, 15)))
+        stripe.add("subscriptions", trialing)
+        stripe.add(
+            "invoices", invoice("in_0", utc(3, 15), [trial_line], sub_id="sub_0", customer_id="cus_0", discounts=[zero])
+        )
+        config = replace(settings, stripe_api_key="sk_test_subledger", stripe_api_base=stripe.base)
+        [summer] = [s for s in stripe.objects["subscriptions"].values() if s["id"] == "sub_1"]
+        with db.transaction() as session:
+            for event in (
+                sub_event("evt_trial", "created", trialing, utc(3, 15)),
+                sub_event("evt_summer", "updated", summer, utc(3, 15)),
+            ):
+                store_event(session, event, received_via="webhook", now=utcnow())
+        processing.drain(db, None, budget_s=30, after_apply=after_apply_for(config))
+        with db.session() as session:
+            assert sorted(session.scalars(select(WaitingCustomer.customer_id))) == ["cus_0", "cus_1"]
+
+        report = reconcile(db, config, api=StripeAPI(config, sleep=lambda _: None))
+
+    assert report.status is RunStatus.OK, report.errors
+    with db.session() as session:
+        assert session.scalars(select(WaitingCustomer)).all() == []
