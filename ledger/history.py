@@ -1223,6 +1223,51 @@ def _history(
     return _moments(records, trials, reader, lasting=lasting, end=end)
 
 
+@dataclass(frozen=True)
+class Billed:
+    """What one paid invoice says a subscription's items were from `at` on (`billed_items`)."""
+
+    at: datetime
+    items: frozenset[tuple[str, int]]
+    """(price id, quantity) of each line."""
+    regular: bool
+    """Regular lines bill every item the subscription had then; proration debits only what a change added."""
+    discounts: frozenset[str]
+    """The discounts that took something off these lines."""
+    named: frozenset[str]
+    """Every discount the invoice names, on itself or on any line."""
+    amount: int
+    """What the lines bill, before discounts: 0 for a trial's."""
+
+
+def billed_items(invoice: Mapping[str, Any]) -> list[Billed]:
+    """What a paid invoice's lines for its own subscription say of its items, by period start: its regular
+    lines (one `Billed` per period they bill) and its proration debits (what a change added, from the
+    change's instant). Empty for an invoice that is not paid, bills no subscription or lists only part
+    of its lines. The worker compares it with the ledger (`worker.reconcile.contradicted_by_invoices`)."""
+    subscription_id = invoice_subscription(invoice)
+    lines = _mapping(invoice.get("lines"))
+    if subscription_id is None or invoice.get("status") != "paid" or lines.get("has_more"):
+        return []
+    groups: dict[tuple[datetime, bool], tuple[set[tuple[str, int]], set[str], list[int]]] = {}
+    named = frozenset(_discount_ids(invoice)).union(*(_discount_ids(line) for line in _lines(invoice)))
+    for _, line, _, proration in _own_lines(subscription_id, invoice):
+        if proration and int(line.get("amount") or 0) <= 0:
+            continue  # a credit: what a change removed
+        price = _mapping(_mapping(line.get("pricing")).get("price_details")).get("price")
+        price_id = _id(price) or _id(line.get("price")) or _id(line.get("plan"))
+        if price_id is None:
+            continue
+        items, discounts, amounts = groups.setdefault((_period_start(line), not proration), (set(), set(), []))
+        items.add((price_id, int(line.get("quantity") or 0)))
+        discounts.update(discount_id for discount_id, taken in _taken(line).items() if taken.amount)
+        amounts.append(int(line.get("amount") or 0))
+    return [
+        Billed(at, frozenset(items), regular, frozenset(discounts), named, sum(amounts))
+        for (at, regular), (items, discounts, amounts) in sorted(groups.items())
+    ]
+
+
 def reconstruct(
     subscription: Mapping[str, Any],
     invoices: Sequence[Mapping[str, Any]],

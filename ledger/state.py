@@ -59,8 +59,8 @@ class Applied:
     customer_id: str | None
     subscription_id: str | None
     observed_at: datetime
-    billed: str | None = None
-    """For a paid invoice, the subscription it bills: what it billed is evidence about the ledger (§10)."""
+    paid_invoice: str | None = None
+    """A paid invoice of a subscription: what it billed is evidence about the ledger (§10)."""
 
 
 def content_hash(document: Mapping[str, Any]) -> str:
@@ -287,8 +287,10 @@ def record_object(session: Session, obj: Mapping[str, Any], *, observed_at: date
         row.deleted = row.deleted or deleted
     if customer_id is not None:
         ensure_customer(session, customer_id, livemode=livemode)
-    billed = invoice_subscription(obj) if kind == "invoice" and obj.get("status") == "paid" else None
-    return Applied(customer_id=customer_id, subscription_id=None, observed_at=observed_at, billed=billed)
+    paid = kind == "invoice" and obj.get("status") == "paid" and invoice_subscription(obj) is not None
+    return Applied(
+        customer_id=customer_id, subscription_id=None, observed_at=observed_at, paid_invoice=object_id if paid else None
+    )
 
 
 def record_objects(

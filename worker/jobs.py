@@ -36,25 +36,25 @@ def drain_shard(shard: int) -> dict[str, Any]:
     # Cleared before reading the database: an event stored from now on queues a new job.
     connection.delete(WAKE_KEY.format(shard=shard))
     settings = context.settings()
-    billed: set[str] = set()
+    paid: set[str] = set()
     report = processing.drain(
-        context.database(), shard, budget_s=DRAIN_BUDGET_S, after_apply=after_apply_for(settings, billed=billed)
+        context.database(), shard, budget_s=DRAIN_BUDGET_S, after_apply=after_apply_for(settings, paid=paid)
     )
     if report.more_work:
         wake_shard(connection, shard, force=True)
     result = asdict(report)
-    if billed and settings.stripe_api_key:
-        result["repairs_queued"] = _queue_repairs(connection, billed)
+    if paid and settings.stripe_api_key:
+        result["repairs_queued"] = _queue_repairs(connection, paid)
     return result
 
 
-def _queue_repairs(connection: Redis, billed: set[str]) -> list[str]:
+def _queue_repairs(connection: Redis, paid: set[str]) -> list[str]:
     """Queue a `repair` of the subscriptions whose paid invoices contradict the ledger (mrr-rules.md §9)."""
-    from worker.reconcile import contradicted_by_records
+    from worker.reconcile import contradicted_by_invoices
 
     try:
         with context.database().session() as session:
-            contradicted = contradicted_by_records(session, context.settings().rules, billed)
+            contradicted = contradicted_by_invoices(session, context.settings().rules, paid)
     except Exception as exc:  # the events are applied: the nightly reconcile compares what this could not
         log.warning("paid invoices not compared with the ledger: %s", one_line(exc))
         return []

@@ -180,11 +180,11 @@ def _summary(result: Recomputed) -> str:
     return f"+{result.movements_added}/-{result.movements_removed} movements" + (f" (latest: {kinds})" if kinds else "")
 
 
-def after_apply_for(settings: Settings, *, billed: set[str] | None = None) -> AfterApply:
+def after_apply_for(settings: Settings, *, paid: set[str] | None = None) -> AfterApply:
     """The hook `worker.processing` calls once a batch of events is applied.
 
-    `billed` collects the subscriptions the batch's paid invoices bill, for the caller to compare with
-    what the ledger says of them (`worker.reconcile.contradicted_by_records`).
+    `paid` collects the batch's paid invoices of subscriptions, for the caller to compare with what the
+    ledger says of those subscriptions (`worker.reconcile.contradicted_by_invoices`).
     """
     api = StripeAPI(settings) if settings.stripe_api_key else None
 
@@ -198,8 +198,8 @@ def after_apply_for(settings: Settings, *, billed: set[str] | None = None) -> Af
             return None
 
     def after_apply(session: Session, applied: list[Applied]) -> dict[str, str]:
-        if billed is not None:
-            billed.update(a.billed for a in applied if a.billed)
+        if paid is not None:
+            paid.update(a.paid_invoice for a in applied if a.paid_invoice)
         customers = sorted({a.customer_id for a in applied if a.customer_id})
         touched = {(a.subscription_id, a.observed_at) for a in applied if a.subscription_id}
         for subscription_id, observed_at in tied_subscriptions(session, customers):

@@ -22,6 +22,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from sqlalchemy import select
@@ -32,7 +33,9 @@ from ledger.db import Database, utcnow
 from ledger.engine import customer_snapshots
 from ledger.history import (
     CURRENT_SOURCE,
+    Billed,
     HistoricalVersion,
+    billed_items,
     coupons_as_invoiced,
     invoice_fields,
     invoice_item_subscription,
@@ -45,6 +48,7 @@ from ledger.models import (
     StripeEvent,
     StripeObject,
     Subscription,
+    SubscriptionSnapshot,
 )
 from ledger.mrr import UnresolvedStripeObject
 from ledger.resolve import applies_to_read, resolve_subscription
@@ -64,7 +68,7 @@ from worker.recompute import (
     no_longer_waiting,
     recompute,
 )
-from worker.records import InvoicedDiscounts, Records, read_records, stored_payload, stored_prices
+from worker.records import InvoicedDiscounts, Records, read_records, stored_object, stored_payload, stored_prices
 from worker.runs import RunRefused, RunReport, finish_run, heartbeat, record_stop, start_run
 from worker.stripe_api import NoSuchObject, StripeAPI, StripeUnavailable
 
@@ -731,6 +735,118 @@ def stored_records(session: Session, customer_ids: Sequence[str]) -> dict[str, R
         subscription_id: Records(invoices.get(subscription_id, []), items.get(subscription_id, []))
         for subscription_id in invoices.keys() | items.keys()
     }
+
+
+AGREEING_WITHIN = timedelta(minutes=1)
+"""A renewal's event may be stamped a little after the period its invoice bills starts: a version
+observed this soon after an invoice's period start may be the one it bills."""
+
+
+def contradicted_by_invoices(session: Session, rules: RuleSettings, invoice_ids: Iterable[str]) -> list[str]:
+    """The subscriptions that paid invoices bill whose ledger they contradict (§10).
+
+    First what each invoice billed is set beside the ledger's version for
+    that period (`_bills_as_ledger`: prices, quantities, items, discounts that
+    took something); only a subscription where they differ is rebuilt from
+    its stored records (`contradicted_by_records`), which decides.
+    """
+    suspects: set[str] = set()
+    for invoice_id in sorted(set(invoice_ids)):
+        invoice = stored_object(session, invoice_id, "invoice") or {}
+        subscription_id = invoice_subscription(invoice)
+        if subscription_id is not None and not _bills_as_ledger(session, subscription_id, billed_items(invoice)):
+            suspects.add(subscription_id)
+    return contradicted_by_records(session, rules, suspects) if suspects else []
+
+
+def _bills_as_ledger(session: Session, subscription_id: str, billed: Sequence[Billed]) -> bool:
+    """Whether every period the invoice bills agrees with a version of the ledger in force then."""
+    versions = [
+        (observed_at, payload)
+        for observed_at, payload in session.execute(
+            select(SubscriptionSnapshot.observed_at, SubscriptionSnapshot.payload)
+            .where(SubscriptionSnapshot.subscription_id == subscription_id)
+            .order_by(SubscriptionSnapshot.observed_at, SubscriptionSnapshot.rank)
+        )
+    ]
+    lookup = partial(stored_payload, session)
+    for entry in billed:
+        in_force = [payload for observed_at, payload in versions if observed_at <= entry.at][-1:]
+        soon_after = [
+            payload for observed_at, payload in versions if entry.at < observed_at <= entry.at + AGREEING_WITHIN
+        ]
+        if not any(_says(payload, entry, lookup) for payload in in_force + soon_after):
+            return False
+    return True
+
+
+def _says(subscription: Mapping[str, Any], billed: Billed, lookup: Callable[[str], Mapping[str, Any] | None]) -> bool:
+    """Whether the version has the items the lines bill (a metered item: any quantity), only those when
+    the lines are a regular period's, names every discount that took something off them and no lasting
+    discount the invoice does not name, and is not in a trial when the lines bill something."""
+    items = [
+        (_object_id(entry.get("price")) or _object_id(entry.get("plan")), entry.get("quantity"), _interval(entry))
+        for entry in (subscription.get("items") or {}).get("data") or []
+    ]
+    for price_id, quantity in billed.items:
+        if not any(own == price_id and own_quantity in (None, quantity) for own, own_quantity, _ in items):
+            return False
+    # A regular period bills every item renewing with it: those of its interval (a yearly item beside
+    # monthly ones is billed on its own invoices).
+    prices = {price_id for price_id, _ in billed.items}
+    intervals = {interval for own, _, interval in items if own in prices}
+    if billed.regular and any(
+        quantity is not None and interval in intervals and own not in prices for own, quantity, interval in items
+    ):
+        return False
+    named = dict(_discounts_of(subscription))
+    if not billed.discounts <= named.keys():
+        return False
+    if any(
+        _lasting(named[discount_id] or lookup(discount_id), billed.at, lookup)
+        for discount_id in named.keys() - billed.named
+    ):
+        return False
+    return not (billed.regular and billed.amount > 0 and subscription.get("status") == "trialing")
+
+
+def _lasting(
+    discount: Mapping[str, Any] | None, at: datetime, lookup: Callable[[str], Mapping[str, Any] | None]
+) -> bool:
+    """Whether the discount still reduces invoices at `at`: not ended, its coupon not a `once` one (one
+    not known counts as lasting)."""
+    discount = discount or {}
+    end = discount.get("end")
+    if isinstance(end, int) and end <= at.timestamp():
+        return False
+    coupon = discount.get("coupon") or (discount.get("source") or {}).get("coupon")
+    if isinstance(coupon, str):
+        coupon = lookup(coupon)
+    return not (isinstance(coupon, Mapping) and coupon.get("duration") == "once")
+
+
+def _interval(item: Mapping[str, Any]) -> tuple[Any, Any]:
+    """(interval, count) of an item's price (or legacy plan), (None, None) when it is not expanded."""
+    price = item.get("price") if isinstance(item.get("price"), Mapping) else item.get("plan")
+    if not isinstance(price, Mapping):
+        return None, None
+    recurring = price.get("recurring")
+    terms: Mapping[str, Any] = recurring if isinstance(recurring, Mapping) else price
+    return terms.get("interval"), terms.get("interval_count")
+
+
+def _object_id(value: Any) -> str | None:
+    return value.get("id") if isinstance(value, Mapping) else value if isinstance(value, str) else None
+
+
+def _discounts_of(subscription: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any] | None]]:
+    """The discounts a version names, on the subscription and on its items: (id, the object if expanded)."""
+    holders = [subscription, *((subscription.get("items") or {}).get("data") or [])]
+    for holder in holders:
+        for entry in [*(holder.get("discounts") or []), holder.get("discount")]:
+            found = _object_id(entry)
+            if found is not None:
+                yield found, entry if isinstance(entry, Mapping) else None
 
 
 def _embedded_rates(snapshots: Sequence[Snapshot]) -> dict[str, Mapping[str, Any]]:

@@ -21,9 +21,9 @@ from ledger.db import Database, utcnow
 from ledger.intake import store_event
 from ledger.models import DriftItem, Movement, RunStatus, StripeObject, SubscriptionSnapshot, SyncRun, WaitingCustomer
 from ledger.settings import ENV_VARIABLES, Settings
-from ledger.state import RANK_EVENT, RANK_HISTORY, RANK_RECONCILE
+from ledger.state import RANK_EVENT, RANK_HISTORY, RANK_RECONCILE, record_object
 from ledger.timeline import Snapshot
-from tests.ledger.subscription_payloads import item, price, subscription, ts, utc
+from tests.ledger.subscription_payloads import item, price, repeating_discount, subscription, ts, utc
 from tests.stripe_payloads import current_event
 from tests.worker.stripe_http import FakeStripe
 from tests.worker.test_backfill import PRO, customer, deleted_coupon_account, discount, invoice, line
@@ -32,7 +32,7 @@ from worker import processing
 from worker.cli import main
 from worker.queues import queue
 from worker.recompute import after_apply_for
-from worker.reconcile import mrr_steps, observed_before, reconcile
+from worker.reconcile import contradicted_by_invoices, mrr_steps, observed_before, reconcile
 from worker.runs import RunRefused, start_run
 from worker.stripe_api import StripeAPI
 
@@ -598,3 +598,59 @@ def test_a_customer_whose_invoices_took_nothing_off_a_deleted_coupon_is_valued_b
     assert report.status is RunStatus.OK, report.errors
     with db.session() as session:
         assert session.scalars(select(WaitingCustomer)).all() == []
+
+
+YEARLY = price(120000, "year", price_id="price_support", product="prod_support")
+
+
+def paid(*invoices: dict[str, Any]) -> list[dict[str, Any]]:
+    return [current_event("invoice.paid", i, event_id=f"evt_{i['id']}", created=i["created"]) for i in invoices]
+
+
+def contradicted(db: Database, settings: Settings, *invoices: dict[str, Any]) -> list[str]:
+    with db.session() as session:
+        return contradicted_by_invoices(session, settings.rules, [i["id"] for i in invoices])
+
+
+def test_paid_invoices_that_bill_what_the_ledger_says_contradict_nothing(db: Database, settings: Settings) -> None:
+    """Two seats of gold monthly beside a yearly support item, the renewal's event stamped half a minute
+    after the period its invoice bills starts, and a coupon that ended: the invoices agree."""
+    ended = repeating_discount(20, utc(1, 10), utc(2, 10))
+    first = subscription(item(GOLD, 2), item(YEARLY, item_id="si_2"), start=utc(1, 10), discounts=[ended])
+    renewed = subscription(item(GOLD, 2), item(YEARLY, item_id="si_2"), start=utc(1, 10), discounts=[ended])
+    january = invoice("in_1", utc(1, 10), [line("il_1", GOLD, utc(1, 10), utc(2, 10), quantity=2)])
+    support = line("il_1b", YEARLY, utc(1, 10), utc(1, 10) + timedelta(days=366))
+    support["parent"]["subscription_item_details"]["subscription_item"] = "si_2"
+    january["lines"]["data"].append(support)
+    february = invoice("in_2", utc(2, 10), [line("il_2", GOLD, utc(2, 10), utc(3, 10), quantity=2)])
+    for billed in january["lines"]["data"]:
+        billed["discount_amounts"] = [{"amount": billed["amount"] // 5, "discount": "di_1"}]
+    january["discounts"] = ["di_1"]
+    ledger_has(
+        db,
+        settings,
+        sub_event("evt_created", "created", first, utc(1, 10)),
+        sub_event("evt_renewed", "updated", renewed, utc(2, 10) + timedelta(seconds=30)),
+        *paid(january, february),
+    )
+    assert contradicted(db, settings, january, february) == []
+
+
+@pytest.mark.parametrize("lost", ["a quantity change", "a discount's removal", "a new item"])
+def test_a_paid_invoice_after_a_lost_change_contradicts_the_ledger(db: Database, settings: Settings, lost: str) -> None:
+    half_off = {**repeating_discount(50, utc(1, 10), utc(12, 10)), "end": None}
+    before, after = {
+        "a quantity change": (item(GOLD, 2), item(GOLD, 3)),
+        "a discount's removal": (item(GOLD), item(GOLD)),
+        "a new item": (item(GOLD), item(GOLD)),
+    }[lost]
+    first = subscription(before, start=utc(1, 10), discounts=[half_off] if lost == "a discount's removal" else [])
+    lines = [line("il_2", GOLD, utc(2, 10), utc(3, 10), quantity=after["quantity"])]
+    if lost == "a new item":
+        lines.append(line("il_2b", PLATINUM, utc(2, 10), utc(3, 10)))
+    february = invoice("in_2", utc(2, 10), lines)
+    ledger_has(db, settings, sub_event("evt_created", "created", first, utc(1, 10)), *paid(february))
+    with db.transaction() as session:  # the new price came with a catalog event
+        record_object(session, PLATINUM, observed_at=utc(1, 1))
+
+    assert contradicted(db, settings, february) == ["sub_1"]
