@@ -68,10 +68,10 @@ def repair_subscriptions(subscription_ids: list[str], attempt: int) -> dict[str,
     """Reconcile subscriptions a paid invoice contradicted; again later while their customers have events in flight."""
     from worker.reconcile import repair
 
-    report = repair(context.database(), context.settings(), subscription_ids, trigger="paid invoice")
-    if report.counts["skipped_in_flight"] and attempt < REPAIR_ATTEMPTS:
+    report, skipped = repair(context.database(), context.settings(), subscription_ids, trigger="paid invoice")
+    if skipped and attempt < REPAIR_ATTEMPTS:
         queue(_connection()).enqueue_in(
-            timedelta(seconds=REPAIR_DELAY_S * 2**attempt), repair_subscriptions, subscription_ids, attempt + 1
+            timedelta(seconds=REPAIR_DELAY_S * 2**attempt), repair_subscriptions, skipped, attempt + 1
         )
     return {"run": report.run_id, "status": report.status.value, "counts": dict(report.counts)}
 

@@ -335,6 +335,7 @@ class _Reconciler:
         self.prices: dict[str, Mapping[str, Any]] = {}
         self.seen: set[str] = set()
         self.deferred: list[tuple[str, list[Mapping[str, Any]], dict[str, Records], _Read]] = []
+        self.skipped: list[str] = []
 
     def page(self, read: _Read) -> None:
         """Compare a page of subscriptions; read the records of those that drift; correct them.
@@ -381,6 +382,11 @@ class _Reconciler:
                 if not self.customer(session, customer_id, subscriptions, records, read, last_try=False):
                     self.deferred.append((customer_id, subscriptions, records, read))
 
+    def skip(self, subscriptions: Sequence[Mapping[str, Any]]) -> None:
+        """Leave the subscriptions of a customer in flight to the next run."""
+        self.report.counts["skipped_in_flight"] += len(subscriptions)
+        self.skipped.extend(str(subscription["id"]) for subscription in subscriptions)
+
     def last_tries(self) -> None:
         """The customers left for a deleted coupon their own invoices do not value: another customer's may
         have valued it since (`value_as_invoiced`)."""
@@ -401,7 +407,7 @@ class _Reconciler:
         invoices say of their past (read only)."""
         try:
             if _in_flight(session, customer_id, now=utcnow()):
-                self.report.counts["skipped_in_flight"] += len(subscriptions)
+                self.skip(subscriptions)
                 return []
             stored = self.stored_snapshots(session, customer_id)
         except NoSuchObject:
@@ -449,7 +455,7 @@ class _Reconciler:
         try:
             with session.begin_nested():
                 if not lock_partition(session, customer_id) or _in_flight(session, customer_id, now=utcnow()):
-                    counts["skipped_in_flight"] += len(subscriptions)
+                    self.skip(subscriptions)
                     return True
                 try:
                     stored = self.stored_snapshots(session, customer_id)
@@ -1018,14 +1024,14 @@ def reconcile(db: Database, settings: Settings, *, api: StripeAPI | None = None)
 
 def repair(
     db: Database, settings: Settings, subscription_ids: Sequence[str], *, trigger: str, api: StripeAPI | None = None
-) -> RunReport:
+) -> tuple[RunReport, list[str]]:
     """Reconcile these subscriptions now, as the nightly run would (a `repair` run, drift listed alike).
 
     The worker asks for it when a paid invoice contradicts the ledger
     (`contradicted_by_records`), so the ledger is not wrong until the night.
     No events catch-up (the webhooks are flowing); not exclusive (corrections
-    take the customer's lock). A customer with events in flight is skipped,
-    and counted: the caller tries again later.
+    take the customer's lock). A customer with events in flight is skipped:
+    the run's report, and the subscriptions skipped, for the caller to try again later.
     """
     api = api or StripeAPI(settings)
     report = start_run(
@@ -1052,4 +1058,4 @@ def repair(
         record_stop(db, report, exc)
         raise
     log.info("repair finished", extra={"run": report.run_id, "trigger": trigger, "counts": dict(report.counts)})
-    return finish_run(db, report)
+    return finish_run(db, report), reconciler.skipped

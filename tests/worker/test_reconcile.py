@@ -30,6 +30,7 @@ from tests.worker.test_backfill import PRO, customer, deleted_coupon_account, di
 from tests.worker.test_pipeline import deliver
 from worker import processing
 from worker.cli import main
+from worker.jobs import repair_subscriptions
 from worker.queues import queue
 from worker.recompute import after_apply_for
 from worker.reconcile import contradicted_by_invoices, mrr_steps, observed_before, reconcile
@@ -654,3 +655,24 @@ def test_a_paid_invoice_after_a_lost_change_contradicts_the_ledger(db: Database,
         record_object(session, PLATINUM, observed_at=utc(1, 1))
 
     assert contradicted(db, settings, february) == ["sub_1"]
+
+
+@responses.activate
+def test_a_repair_of_a_customer_with_events_in_flight_is_queued_again_later(
+    db: Database, redis: Redis, worker_env: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STRIPE_API_KEY", "sk_test_subledger")
+    monkeypatch.setenv("STRIPE_API_BASE", BASE)
+    responses.get(f"{BASE}/v1/subscriptions/sub_1", json=gold_since_january(quantity=2))
+    with db.transaction() as session:  # received, no worker has tried it yet
+        event = sub_event("evt_more_seats", "updated", gold_since_january(quantity=2), utc(2, 1))
+        store_event(session, event, received_via="webhook", now=utcnow())
+    queue(redis).enqueue(repair_subscriptions, ["sub_1"], 1)
+
+    run_worker(redis)
+
+    [again] = scheduled_repairs(redis)
+    assert again.args == (["sub_1"], 2)
+    with db.session() as session:
+        run = session.scalars(select(SyncRun).where(SyncRun.kind == "repair")).one()
+    assert (run.status, run.counts["skipped_in_flight"], run.counts["corrected"]) == ("ok", 1, 0)
