@@ -16,7 +16,9 @@ after their first (and their latest-known row goes back to that first
 version), and `subledger rebuild` recomputes the movements from what is left.
 
 One `subledger reconcile` is then timed, with the high-water RSS (VmHWM) of
-its process tree polled from /proc and the CPU its processes used, and the
+its process tree polled from /proc, the CPU its processes used and that of
+PostgreSQL's backends that exited meanwhile (when the server runs on this
+machine; other clients' work counts too, so run it on a quiet server), and the
 fake counts the requests it served to that run alone, per endpoint (the path
 with ids as `*`). Wall time well above the bound means the run's own work (or
 PostgreSQL's), not Stripe's limits, sets its pace. The bound
@@ -62,7 +64,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.account_replay import ACCOUNTS, _instant, fresh_database  # noqa: E402
-from bench.backfill_throughput import high_water_kb, tree  # noqa: E402
+from bench.backfill_throughput import cpu_seconds, high_water_kb, postmaster, tree  # noqa: E402
 from bench.fake_stripe import ENDPOINT_LIMIT, GLOBAL_LIMIT, AccountStripe, Server, Stats  # noqa: E402
 from ledger.settings import DEFAULT_STRIPE_RATE_SHARE, load_settings  # noqa: E402
 from worker.demo import DEMO_RULES  # noqa: E402
@@ -242,11 +244,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             rebuild = subledger(env, "rebuild", log_dir=log_dir)
             print(f"rebuild ({rebuild.seconds:.0f} s): {rebuild.summary}", flush=True)
 
+            server_pid = postmaster(database_url)
+            database_cpu = cpu_seconds(server_pid, children=True) if server_pid else 0.0
             with fake.fake.lock:
                 fake.fake.stats = Stats()
             first = subledger(env, "reconcile", log_dir=log_dir)
             with fake.fake.lock:
                 stats = fake.fake.stats.as_json()
+            # The reconcile's connections closed with it: their backends have exited into the count.
+            database_cpu = cpu_seconds(server_pid, children=True) - database_cpu if server_pid else float("nan")
             print(f"reconcile ({first.seconds:.0f} s), exit {first.status}: {first.summary}", flush=True)
             second = subledger(env, "reconcile", log_dir=log_dir, name="reconcile_again")
             print(f"second reconcile ({second.seconds:.0f} s), exit {second.status}: {second.summary}", flush=True)
@@ -291,6 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
         ("wall / that bound", f"{first.seconds / own_bound:.1f}"),
         ("CPU s (reconcile processes)", f"{first.cpu_seconds:.1f}"),
+        ("CPU s (PostgreSQL backends that exited meanwhile)", f"{database_cpu:.1f}"),
         ("peak RSS, MB (reconcile process tree)", f"{first.peak_kb / 1024:.0f}"),
         *((f"subscriptions {key.replace('subscriptions_', '')}", f"{counts.get(key, 0):,}") for key in REPORTED),
         ("errors (first run)", f"{counts.get('errors', 0):,}"),
@@ -319,6 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "wall_over_bound": round(first.seconds / bound, 3),
             "bound_own_limits_s": round(own_bound, 3),
             "cpu_s": round(first.cpu_seconds, 3),
+            "database_cpu_s": round(database_cpu, 3),
             "peak_rss_kb": first.peak_kb,
             "counts": counts,
             "drift": {
