@@ -281,17 +281,26 @@ def _versions(snapshots: Iterable[Snapshot]) -> list[_Version]:
     the life-cycle order of the status, then the content digest, which is
     arbitrary but the same on every run.
     """
-    merged: dict[tuple[datetime, int, int, str], tuple[Snapshot, set[str]]] = {}
+    placed: dict[tuple[datetime, int, int], list[Snapshot]] = {}
     for snapshot in snapshots:
         key = (
             _aware(snapshot.observed_at, "observed_at"),
             snapshot.rank,
             STATUS_ORDER.get(_status(snapshot.subscription), len(STATUS_ORDER)),
-            _content_key(snapshot),
         )
-        # Equal keys mean equal content: which copy is kept does not matter, all sources are.
-        merged.setdefault(key, (snapshot, set()))[1].add(snapshot.source)
-    return [_Version(snapshot, tuple(sorted(sources))) for _, (snapshot, sources) in sorted(merged.items())]
+        placed.setdefault(key, []).append(snapshot)
+    versions: list[_Version] = []
+    for key in sorted(placed):
+        alike = placed[key]
+        if len(alike) == 1:  # the digest is costly, and only orders snapshots that tie on the rest
+            versions.append(_Version(alike[0], (alike[0].source,)))
+            continue
+        merged: dict[str, tuple[Snapshot, set[str]]] = {}
+        for snapshot in alike:
+            # Equal digests mean equal content: which copy is kept does not matter, all sources are.
+            merged.setdefault(_content_key(snapshot), (snapshot, set()))[1].add(snapshot.source)
+        versions.extend(_Version(snapshot, tuple(sorted(sources))) for _, (snapshot, sources) in sorted(merged.items()))
+    return versions
 
 
 # --- The timeline --------------------------------------------------------------------------
