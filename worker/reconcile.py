@@ -294,11 +294,13 @@ def missing_versions(
     *,
     source: str,
     until: datetime,
+    ledger: tuple[Step, ...] | None = None,
 ) -> list[Snapshot]:
     """The rebuilt versions (before `until`) the ledger's versions `own` lack: kept, oldest first, where
     the ledger with the ones kept before is worth something else at its instant than the records say.
 
-    Raises UnresolvedStripeObject for an object a version names that `lookup` lacks.
+    `ledger`: the versions' MRR steps up to `until`, when the caller has them. Raises
+    UnresolvedStripeObject for an object a version names that `lookup` lacks.
     """
     snapshots = [
         Snapshot(
@@ -314,7 +316,7 @@ def missing_versions(
     ]
     truth = mrr_steps(snapshots, rules, until=until)
     added: list[Snapshot] = []
-    ledger = mrr_steps(own, rules, until=until)
+    ledger = ledger if ledger is not None else mrr_steps(own, rules, until=until)
     for snapshot in snapshots:
         if _worth_at(ledger, snapshot.observed_at) != _worth_at(truth, snapshot.observed_at):
             added.append(snapshot)
@@ -636,7 +638,14 @@ class _Reconciler:
         while True:
             try:
                 return missing_versions(
-                    own, history, lookup, self.rules, drift.customer_id, source=self.source, until=read.observed_at
+                    own,
+                    history,
+                    lookup,
+                    self.rules,
+                    drift.customer_id,
+                    source=self.source,
+                    until=read.observed_at,
+                    ledger=drift.ledger,
                 )
             except UnresolvedStripeObject as exc:  # a price no event brought: the records name it by id
                 if not self.catalog.fetch(exc):
