@@ -16,19 +16,22 @@ after their first (and their latest-known row goes back to that first
 version), and `subledger rebuild` recomputes the movements from what is left.
 
 One `subledger reconcile` is then timed, with the high-water RSS (VmHWM) of
-its process tree polled from /proc, the CPU its processes used and that of
-PostgreSQL's backends that exited meanwhile (when the server runs on this
-machine; other clients' work counts too, so run it on a quiet server), and the
-fake counts the requests it served to that run alone, per endpoint (the path
-with ids as `*`). Wall time well above the bound means the run's own work (or
-PostgreSQL's), not Stripe's limits, sets its pace. The bound
-is the fastest any client could make the same requests within Stripe's
-live-mode limits at subledger's default share of them (STRIPE_RATE_SHARE,
-0.8): all requests at 100 × 0.8 per second, or one endpoint's at 25 × 0.8,
-whichever takes longer, plus one request's latency. Requests refused with a
-429 are not counted in it (a client that paced itself would not have made
-them). The API key is a test-mode key, for which subledger paces itself to
-test mode's 25/s × share; the bound at those limits is shown too.
+its process tree polled from /proc; CPU is counted for its processes, the fake
+(this process), and PostgreSQL's backends that exited meanwhile (when the
+server runs on this machine; other clients' work counts too, so run it on a
+quiet server). The fake counts the requests it served to that run alone, per
+endpoint (the path with ids as `*`).
+
+The bound is the fastest any client could make the same requests within
+Stripe's live-mode limits at subledger's default share of them
+(STRIPE_RATE_SHARE, 0.8): all requests at 100 × 0.8 per second, or the
+busiest endpoint's at 25 × 0.8, whichever takes longer, plus one request's
+latency. Requests refused with a 429 are left out of it (a client that paced
+itself would not have made them). Wall time well above the bound means the
+run's own work (or PostgreSQL's, or waiting on one request at a time), not
+Stripe's limits, sets its pace. The API key is a test-mode key, for which
+subledger paces itself to test mode's 25/s × share; the bound at those limits
+is shown too.
 
 A second `subledger reconcile` follows at once: right after a reconcile there
 is no drift left, so its drifted count should be 0.
@@ -129,6 +132,12 @@ def subledger(env: Mapping[str, str], *args: str, log_dir: Path, name: str | Non
         last = run.stderr.strip().splitlines()[-1:] or [""]
         raise SystemExit(f"reconcile_cost: subledger {' '.join(args)} failed ({run.status}): {last[0]}")
     return run
+
+
+def process_cpu_seconds() -> float:
+    """User + system CPU of this process: the fake Stripe's threads (and the polling)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def make_drift(url: str, share: float, seed: int) -> Drift:
@@ -248,7 +257,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             database_cpu = cpu_seconds(server_pid, children=True) if server_pid else 0.0
             with fake.fake.lock:
                 fake.fake.stats = Stats()
+            own_cpu = process_cpu_seconds()
             first = subledger(env, "reconcile", log_dir=log_dir)
+            fake_cpu = process_cpu_seconds() - own_cpu
             with fake.fake.lock:
                 stats = fake.fake.stats.as_json()
             # The reconcile's connections closed with it: their backends have exited into the count.
@@ -298,6 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("wall / that bound", f"{first.seconds / own_bound:.1f}"),
         ("CPU s (reconcile processes)", f"{first.cpu_seconds:.1f}"),
         ("CPU s (PostgreSQL backends that exited meanwhile)", f"{database_cpu:.1f}"),
+        ("CPU s (fake Stripe: this process)", f"{fake_cpu:.1f}"),
         ("peak RSS, MB (reconcile process tree)", f"{first.peak_kb / 1024:.0f}"),
         *((f"subscriptions {key.replace('subscriptions_', '')}", f"{counts.get(key, 0):,}") for key in REPORTED),
         ("errors (first run)", f"{counts.get('errors', 0):,}"),
@@ -327,6 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "bound_own_limits_s": round(own_bound, 3),
             "cpu_s": round(first.cpu_seconds, 3),
             "database_cpu_s": round(database_cpu, 3),
+            "fake_cpu_s": round(fake_cpu, 3),
             "peak_rss_kb": first.peak_kb,
             "counts": counts,
             "drift": {
