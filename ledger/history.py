@@ -63,6 +63,9 @@ CURRENT_SOURCE = "current"
 AS_INVOICED_MARK = "as_invoiced"
 """Field of a coupon made by `reconstruct` from invoices: the ids of the invoices its `amount_off` comes from."""
 
+AS_INVOICED_SUFFIX = " (as invoiced)"
+"""Ends the id of a coupon made from invoices for a discount nothing else says anything of."""
+
 NEXT_INSTANT = timedelta(seconds=1)
 """How far after the last invoice version the current state goes when its own date is not later."""
 
@@ -641,7 +644,7 @@ def _coupon_as_invoiced(
     coupon: dict[str, Any] = dict(known)
     if isinstance(current, Mapping):
         coupon.update(current)
-    coupon_id = _id(current) or _id(known) or f"{discount_id} (as invoiced)"
+    coupon_id = _id(current) or _id(known) or f"{discount_id}{AS_INVOICED_SUFFIX}"
     invoices = sorted(
         {_id(item.billed_on) or "" for item in taken_by if item.billed_on and item.invoiced.get(discount_id)}
     )
@@ -713,6 +716,23 @@ def coupons_as_invoiced(versions: Sequence[HistoricalVersion]) -> dict[str, dict
             ):
                 restricted = _mapping(coupon.get("applies_to")).get("products")
                 found[str(coupon["id"])] = dict(coupon, applies_to={"products": restricted} if restricted else None)
+    return found
+
+
+def discounts_carried(versions: Sequence[HistoricalVersion]) -> dict[str, dict[str, Any]]:
+    """The discounts the versions carry whole, by id, as the latest version carries each: what a version
+    naming one by id (a webhook's) is valued with when nothing else has it (Stripe has no reading a
+    discount by id). A discount valued from invoices alone (`… (as invoiced)`) that took nothing is left
+    out: 0 off says nothing of it."""
+    found: dict[str, dict[str, Any]] = {}
+    for version in versions:
+        holders = [version.subscription, *_items_of(version.subscription)]
+        for discount_id, discount in _known_discounts(*holders).items():
+            coupon = _discount_coupon(discount)
+            guessed = isinstance(coupon, Mapping) and str(coupon.get("id")).endswith(AS_INVOICED_SUFFIX)
+            if guessed and coupon.get("percent_off") is None and not int(coupon.get("amount_off") or 0):
+                continue
+            found[discount_id] = dict(discount)
     return found
 
 

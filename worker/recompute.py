@@ -105,6 +105,9 @@ PRICE_MISSING = frozenset({"tiers", "price"})
 """What `ledger.mrr` names a price for: the price is read from its own endpoint."""
 
 COUPON_MISSING = frozenset({"coupon object", "applies_to", "percent_off/amount_off"})
+
+DISCOUNT_MISSING = "discount object"
+"""What a version lacks that names a discount by id, not stored: Stripe has no reading one by id."""
 """What `ledger.resolve` / `ledger.mrr` name a coupon for: the coupon is read from its own endpoint."""
 
 

@@ -37,6 +37,7 @@ from ledger.history import (
     HistoricalVersion,
     billed_items,
     coupons_as_invoiced,
+    discounts_carried,
     invoice_fields,
     invoice_item_subscription,
     invoice_subscription,
@@ -60,6 +61,7 @@ from worker.defaults import STUCK_AFTER_S
 from worker.processing import drain, lock_partition
 from worker.recompute import (
     COUPON_MISSING,
+    DISCOUNT_MISSING,
     MAX_FETCHES_PER_CUSTOMER,
     PRICE_MISSING,
     MissingStripeObject,
@@ -89,8 +91,9 @@ COUNTS = (
 """Counts every reconcile run stores, zero included."""
 
 
-class _DeletedCoupon(NoSuchObject):
-    """Stripe's state names a coupon Stripe has deleted (404) and the ledger does not hold."""
+class _OnlyInvoicesValue(NoSuchObject):
+    """Stripe's state names a coupon Stripe has deleted (404) and the ledger does not hold, or the
+    ledger's versions name a discount Stripe no longer has (there is no reading one by id)."""
 
 
 class CorrectionDidNotTake(RuntimeError):
@@ -430,7 +433,7 @@ class _Reconciler:
                 records = kept.get(drift.subscription_id, Records([], []))
                 if drift.now or self.rebuilt(session, drift, own, records, read, quiet=True):
                     found.append(subscription)
-            except _DeletedCoupon:
+            except _OnlyInvoicesValue:
                 found.append(subscription)  # its invoices value the coupon (`customer`)
             except Exception as exc:  # nor one subscription the others
                 self.report.error(f"{subscription['id']}: {exc}")
@@ -464,11 +467,12 @@ class _Reconciler:
                 except NoSuchObject:
                     # A coupon Stripe has deleted is still named: valued as the invoices it reduced say.
                     revalued = self.value_as_invoiced(session, subscriptions, records, read)
-                    if not revalued and not last_try:
-                        return False
-                    if not revalued:
+                    try:
+                        stored = self.stored_snapshots(session, customer_id)
+                    except NoSuchObject:
+                        if not last_try:
+                            return False
                         raise
-                    stored = self.stored_snapshots(session, customer_id)
         except DBAPIError as exc:
             if exc.connection_invalidated:
                 raise
@@ -482,9 +486,11 @@ class _Reconciler:
             try:
                 try:
                     drift = self.compare(subscription, customer_id, stored.get(subscription["id"], []), read)
-                except _DeletedCoupon:
+                except _OnlyInvoicesValue:
                     if not self.value_as_invoiced(session, [subscription], records, read):
                         raise
+                    revalued = True
+                    stored = self.stored_snapshots(session, customer_id)
                     drift = self.compare(subscription, customer_id, stored.get(subscription["id"], []), read)
                 correction = self.correction(session, drift, stored, records.get(drift.subscription_id), read)
                 if correction.versions:
@@ -514,9 +520,11 @@ class _Reconciler:
     def value_as_invoiced(
         self, session: Session, subscriptions: Sequence[Mapping[str, Any]], records: Mapping[str, Records], read: _Read
     ) -> bool:
-        """Store what the invoices say of the deleted coupons the subscriptions' discounts still name
-        (`worker.records.InvoicedDiscounts`); whether there were some."""
+        """Store what the invoices say of the deleted coupons the subscriptions' discounts still name, and
+        the discounts the rebuilt history carries that the ledger lacks (`worker.records.InvoicedDiscounts`);
+        whether there were some."""
         valued: dict[str, dict[str, Any]] = {}
+        discounts: dict[str, dict[str, Any]] = {}
         for subscription in subscriptions:
             found = records.get(subscription["id"])
             if found is None:
@@ -534,13 +542,15 @@ class _Reconciler:
             except (ValueError, KeyError, TypeError):
                 continue
             valued.update(coupons_as_invoiced(history))
+            discounts.update(discounts_carried(history))
             for note in notes:
                 log.info("reconcile: %s", note)
         self.discounts.store_valued(session, valued)
+        stored_discounts = self.discounts.store_discounts(session, discounts)
         for coupon_id, coupon in valued.items():  # what the run's own comparisons read coupons from
             self.catalog.known[coupon_id] = coupon
             self.catalog.unavailable.pop(coupon_id, None)
-        return bool(valued)
+        return bool(valued) or stored_discounts
 
     def _not_corrected(self, drifts: Sequence[_Drift], exc: Exception) -> None:
         for drift in drifts:
@@ -573,7 +583,9 @@ class _Reconciler:
             stripe = mrr_steps([*stored, candidate], self.rules, until=read.observed_at)
         except UnresolvedStripeObject as exc:
             if exc.missing in COUPON_MISSING and exc.object_id in self.catalog.unavailable:
-                raise _DeletedCoupon(self.catalog.why_unresolved(exc)) from None
+                raise _OnlyInvoicesValue(self.catalog.why_unresolved(exc)) from None
+            if exc.missing == DISCOUNT_MISSING:
+                raise _OnlyInvoicesValue(str(exc)) from None
             raise MissingStripeObject(self.catalog.why_unresolved(exc)) from None
         return _Drift(dict(resolved), subscription_id, customer_id, ledger, stripe, not stored, candidate)
 

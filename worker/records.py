@@ -117,6 +117,22 @@ class InvoicedDiscounts:
             if stored is None or (stored.get("percent_off") is None and stored.get("amount_off") is None):
                 record_object(session, coupon, observed_at=NEVER_OBSERVED, deleted=True)
 
+    @staticmethod
+    def store_discounts(session: Session, discounts: Mapping[str, Mapping[str, Any]]) -> bool:
+        """Store the discounts a rebuilt history carries (as its invoices had them, or valued from their
+        amounts) where none is stored; whether some were.
+
+        A version naming one by id (a webhook's whose `customer.discount.created` was lost) is then
+        valued, instead of waiting for a discount Stripe cannot give (it has no reading one by id).
+        Stored as never read and deleted, so an event's copy of the discount replaces it.
+        """
+        stored = False
+        for discount_id, discount in discounts.items():
+            if stored_object(session, discount_id, "discount") is None:
+                record_object(session, discount, observed_at=NEVER_OBSERVED, deleted=True)
+                stored = True
+        return stored
+
     def _deleted_coupon(self, session: Session, coupon_id: str) -> Mapping[str, Any] | None:
         """What is known of a coupon Stripe has deleted (it answers 404); None when it can be read.
 

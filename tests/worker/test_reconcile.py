@@ -26,7 +26,7 @@ from ledger.timeline import Snapshot
 from tests.ledger.subscription_payloads import item, price, repeating_discount, subscription, ts, utc
 from tests.stripe_payloads import current_event
 from tests.worker.stripe_http import FakeStripe
-from tests.worker.test_backfill import PRO, customer, deleted_coupon_account, discount, invoice, line
+from tests.worker.test_backfill import PRO, customer, deleted_coupon_account, discount, invoice, line, product
 from tests.worker.test_pipeline import deliver
 from worker import processing
 from worker.cli import main
@@ -676,3 +676,48 @@ def test_a_repair_of_a_customer_with_events_in_flight_is_queued_again_later(
     with db.session() as session:
         run = session.scalars(select(SyncRun).where(SyncRun.kind == "repair")).one()
     assert (run.status, run.counts["skipped_in_flight"], run.counts["corrected"]) == ("ok", 1, 0)
+
+
+def test_a_ledger_waiting_for_a_discount_stripe_no_longer_has_is_valued_as_its_invoices_value_it(
+    db: Database, settings: Settings
+) -> None:
+    """`customer.discount.created` for di_gone was lost, and the discount was removed on Mar 1: Stripe's
+    subscription no longer names it and Stripe has no reading a discount by id, so the February version,
+    which names it by id, waits. The run values it as the invoice it reduced says (15% off)."""
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        stripe = FakeStripe(mock)
+        stripe.add("products", product("prod_pro"))
+        stripe.add("prices", dict(PRO, created=ts(utc(1, 1)), livemode=False))
+        stripe.add("customers", customer("cus_1", utc(1, 1)))
+        stripe.add("subscriptions", subscription(item(PRO), start=utc(1, 1)))
+        discounted = line("il_2", PRO, utc(2, 1), utc(3, 1))
+        discounted["discount_amounts"] = [{"amount": 450, "discount": "di_gone"}]
+        stripe.add(
+            "invoices",
+            invoice("in_1", utc(1, 1), [line("il_1", PRO, utc(1, 1), utc(2, 1))]),
+            invoice("in_2", utc(2, 1), [discounted], discounts=["di_gone"]),
+            invoice("in_3", utc(3, 1), [line("il_3", PRO, utc(3, 1), utc(4, 1))]),
+        )
+        config = replace(settings, stripe_api_key="sk_test_subledger", stripe_api_base=stripe.base)
+        ledger_has(
+            db,
+            config,
+            sub_event("evt_created", "created", subscription(item(PRO), start=utc(1, 1)), utc(1, 1)),
+            sub_event("evt_off", "updated", subscription(item(PRO), start=utc(1, 1), discounts=["di_gone"]), utc(2, 1)),
+            sub_event("evt_on", "updated", subscription(item(PRO), start=utc(1, 1)), utc(3, 1)),
+        )
+        with db.session() as session:
+            assert session.get(WaitingCustomer, "cus_1") is not None
+
+        report = reconcile(db, config, api=StripeAPI(config, sleep=lambda _: None))
+
+    assert report.status is RunStatus.OK, report.errors
+    with db.session() as session:
+        assert session.get(WaitingCustomer, "cus_1") is None
+        gone = session.get(StripeObject, "di_gone")
+    assert gone is not None and gone.deleted
+    assert [m[1:4] for m in movements(db)] == [
+        ("2024-01-01", "new", 3000),
+        ("2024-02-01", "contraction", -450),
+        ("2024-03-01", "expansion", 450),
+    ]
