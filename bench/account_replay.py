@@ -206,6 +206,10 @@ class Figures:
     retried: int
     stuck: int
     worst: list[tuple[str, CustomerScore]]
+    errors: int = 0
+    """Errors the reconcile or backfill listed."""
+    redrifted: int = 0
+    """Subscriptions a second reconcile found drifting (dropped)."""
 
     @staticmethod
     def percent(pair: tuple[int, int]) -> float:
@@ -566,6 +570,12 @@ def replay(args: argparse.Namespace) -> Figures:
                 figures = compare(args.mode, truth, movements, daily, first=first, last=last)
                 figures.retried = retried
                 figures.stuck = counts.get("pending", 0) + counts.get("failed", 0) + counts.get(WAITING, 0)
+            if args.mode in ("dropped", "backfill"):
+                figures.errors = _counted(output, "errors")
+            if args.mode == "dropped":  # §9: running it twice in a row changes nothing the second time
+                again = run_cli(env, log, "reconcile")
+                figures.redrifted = _counted(again, "drifted")
+                print(f"a second reconcile: {figures.redrifted} drifted")
         db.dispose()
     fake.close()
     _print_report(figures, account, events, timings, delivered=len(delivered), log=args.log, log_start=log_start)
@@ -597,6 +607,12 @@ def _wait_healthy(url: str, group: ProcessGroup) -> None:
             pass
         time.sleep(0.2)
     raise SystemExit(f"replay: {url}/healthz did not answer within 60 s")
+
+
+def _counted(output: str, what: str) -> int:
+    """A count from a run's summary line (`… 3 drifted, …`, `…; 2 errors (first: …)`); 0 when absent."""
+    found = re.search(rf"([\d,]+) {what}\b", output.split("\n", 1)[0])
+    return int(found.group(1).replace(",", "")) if found else 0
 
 
 def _print_head(output: str, lines: int = 8) -> None:
@@ -685,6 +701,10 @@ def below_floors(figures: Figures, args: argparse.Namespace) -> list[str]:
     ]
     if exact and figures.retried > args.max_retries:
         failures.append(f"{figures.retried} events needed a retry (at most {args.max_retries})")
+    if args.max_errors is not None and figures.errors > args.max_errors:
+        failures.append(f"the {args.mode} run listed {figures.errors} errors (at most {args.max_errors})")
+    if figures.redrifted:
+        failures.append(f"a second reconcile found {figures.redrifted} subscriptions drifting (0 expected)")
     return failures
 
 
@@ -721,6 +741,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.add_argument(f"--floor-{name}", type=float, default=0.0, help="percent (dropped and backfill)")
     parser.add_argument(
         "--max-retries", type=int, default=0, help="events that may need a retry in ordered and shuffled (default 0)"
+    )
+    parser.add_argument(
+        "--max-errors", type=int, help="errors the reconcile (dropped) or backfill may list (default: any number)"
     )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument(
