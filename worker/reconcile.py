@@ -522,7 +522,8 @@ class _Reconciler:
     ) -> bool:
         """Store what the invoices say of the deleted coupons the subscriptions' discounts still name, and
         the discounts the rebuilt history carries that the ledger lacks (`worker.records.InvoicedDiscounts`);
-        whether there were some."""
+        a discount the ledger's versions name that no record shows and Stripe no longer has is stored
+        valued at nothing (`unseen_discount`), with a note. Whether anything was stored."""
         valued: dict[str, dict[str, Any]] = {}
         discounts: dict[str, dict[str, Any]] = {}
         for subscription in subscriptions:
@@ -545,6 +546,13 @@ class _Reconciler:
             discounts.update(discounts_carried(history))
             for note in notes:
                 log.info("reconcile: %s", note)
+            for discount_id in _named_by_ledger(session, subscription["id"]):
+                if discount_id not in discounts and stored_object(session, discount_id, "discount") is None:
+                    discounts[discount_id] = unseen_discount(discount_id, subscription)
+                    self.report.note(
+                        f"discount {discount_id} of {subscription['id']} valued at nothing: a lost event named it, "
+                        "no invoice shows it and Stripe no longer has it"
+                    )
         self.discounts.store_valued(session, valued)
         stored_discounts = self.discounts.store_discounts(session, discounts)
         for coupon_id, coupon in valued.items():  # what the run's own comparisons read coupons from
@@ -947,6 +955,42 @@ def _lacks_records(session: Session, rules: RuleSettings, own: Sequence[Snapshot
     )
     dated = [version for version in history if version.source != CURRENT_SOURCE]
     return bool(missing_versions(own, dated, lookup, rules, latest.customer_id, source="", until=utcnow()))
+
+
+def _named_by_ledger(session: Session, subscription_id: str) -> set[str]:
+    """The discounts the ledger's versions of the subscription name."""
+    payloads = session.scalars(
+        select(SubscriptionSnapshot.payload).where(SubscriptionSnapshot.subscription_id == subscription_id)
+    )
+    return {discount_id for payload in payloads for discount_id, _ in _discounts_of(payload)}
+
+
+def unseen_discount(discount_id: str, subscription: Mapping[str, Any]) -> dict[str, Any]:
+    """A discount a lost event named (by id) that no invoice shows and Stripe no longer has: worth nothing.
+
+    No record says what it took off, and it is gone from the subscription, so
+    it never reduced a payment; the ledger would otherwise wait for it for good,
+    and count nothing of the customer.
+    """
+    return {
+        "id": discount_id,
+        "object": "discount",
+        "subscription": subscription.get("id"),
+        "start": None,
+        "end": None,
+        "source": {
+            "type": "coupon",
+            "coupon": {
+                "id": f"{discount_id} (no record)",
+                "object": "coupon",
+                "percent_off": 0,
+                "amount_off": None,
+                "currency": None,
+                "duration": "forever",
+                "applies_to": None,
+            },
+        },
+    }
 
 
 def _in_flight(session: Session, customer_id: str, *, now: datetime) -> bool:

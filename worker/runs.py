@@ -47,6 +47,11 @@ class RunReport:
     notes: list[str] = field(default_factory=list)
     """What the run did that is no error but a person should know (a discount valued as invoiced), each once."""
 
+    def note(self, message: str) -> None:
+        if message not in self.notes and len(self.notes) < MAX_ERRORS_KEPT:
+            self.notes.append(message)
+            log.info("%s: %s", self.kind, message)
+
     def error(self, message: str) -> None:
         self.counts["errors"] += 1
         if len(self.errors) < MAX_ERRORS_KEPT:

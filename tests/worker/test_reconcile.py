@@ -721,3 +721,42 @@ def test_a_ledger_waiting_for_a_discount_stripe_no_longer_has_is_valued_as_its_i
         ("2024-02-01", "contraction", -450),
         ("2024-03-01", "expansion", 450),
     ]
+
+
+def test_a_discount_a_lost_event_named_that_no_record_shows_is_valued_at_nothing_with_a_note(
+    db: Database, settings: Settings
+) -> None:
+    """di_unseen was added on Feb 5 and removed on Feb 20, between two invoices, and its own event was
+    lost: nothing says what it took off. The customer does not wait for it for ever: it is worth nothing,
+    and the run says so."""
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        stripe = FakeStripe(mock)
+        stripe.add("products", product("prod_pro"))
+        stripe.add("prices", dict(PRO, created=ts(utc(1, 1)), livemode=False))
+        stripe.add("customers", customer("cus_1", utc(1, 1)))
+        stripe.add("subscriptions", subscription(item(PRO), start=utc(1, 1)))
+        stripe.add(
+            "invoices",
+            *(invoice(f"in_{m}", utc(m, 1), [line(f"il_{m}", PRO, utc(m, 1), utc(m + 1, 1))]) for m in (1, 2, 3)),
+        )
+        config = replace(settings, stripe_api_key="sk_test_subledger", stripe_api_base=stripe.base)
+        ledger_has(
+            db,
+            config,
+            sub_event("evt_created", "created", subscription(item(PRO), start=utc(1, 1)), utc(1, 1)),
+            sub_event(
+                "evt_on", "updated", subscription(item(PRO), start=utc(1, 1), discounts=["di_unseen"]), utc(2, 5)
+            ),
+            sub_event("evt_off", "updated", subscription(item(PRO), start=utc(1, 1)), utc(2, 20)),
+        )
+
+        report = reconcile(db, config, api=StripeAPI(config, sleep=lambda _: None))
+
+    assert report.status is RunStatus.OK, report.errors
+    assert report.notes == [
+        "discount di_unseen of sub_1 valued at nothing: a lost event named it, no invoice shows it "
+        "and Stripe no longer has it"
+    ]
+    with db.session() as session:
+        assert session.get(WaitingCustomer, "cus_1") is None
+    assert [m[1:4] for m in movements(db)] == [("2024-01-01", "new", 3000)]
