@@ -105,10 +105,10 @@ PRICE_MISSING = frozenset({"tiers", "price"})
 """What `ledger.mrr` names a price for: the price is read from its own endpoint."""
 
 COUPON_MISSING = frozenset({"coupon object", "applies_to", "percent_off/amount_off"})
+"""What `ledger.resolve` / `ledger.mrr` name a coupon for: the coupon is read from its own endpoint."""
 
 DISCOUNT_MISSING = "discount object"
 """What a version lacks that names a discount by id, not stored: Stripe has no reading one by id."""
-"""What `ledger.resolve` / `ledger.mrr` name a coupon for: the coupon is read from its own endpoint."""
 
 
 def fetch_missing(session: Session, api: StripeAPI, customer_id: str, missing: UnresolvedStripeObject) -> None:
