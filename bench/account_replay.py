@@ -372,13 +372,16 @@ def wait_repairs(db: Database, redis_url: str, group: ProcessGroup) -> int:
     from redis import Redis
     from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 
-    from worker.queues import queue
+    from worker.queues import worker_queues
 
-    jobs = queue(Redis.from_url(redis_url))
+    queues = worker_queues(Redis.from_url(redis_url))
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     while time.monotonic() < deadline:
         _check_running(group)
-        busy = jobs.count + ScheduledJobRegistry(queue=jobs).count + StartedJobRegistry(queue=jobs).count
+        busy = sum(
+            jobs.count + ScheduledJobRegistry(queue=jobs).count + StartedJobRegistry(queue=jobs).count
+            for jobs in queues
+        )
         if not busy:
             break
         time.sleep(1)

@@ -23,6 +23,9 @@ SHARD_COUNT = 16
 """Events are spread over this many drain jobs; one customer always lands in the same one."""
 
 QUEUE_NAME = "subledger"
+
+REPAIR_QUEUE_NAME = "subledger-repairs"
+"""Repairs a paid invoice asked for: a worker takes a job from it only when the main queue is empty."""
 """The RQ queue every subledger job goes through."""
 
 DRAIN_JOB = "worker.jobs.drain_shard"

@@ -112,12 +112,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     # Loaded once here, so each forked work horse starts with the job code imported.
     importlib.import_module("worker.jobs")
-    from worker.queues import queue
+    from worker.queues import worker_queues
 
     settings = _settings()
     connection = Redis.from_url(_require_redis_url(settings, "worker"))
     worker_class = SimpleWorker if args.simple else Worker
-    rq_worker = worker_class([queue(connection)], connection=connection)
+    rq_worker = worker_class(worker_queues(connection), connection=connection)
     rq_worker.work(burst=args.burst, with_scheduler=True, logging_level="INFO")
     return 0
 

@@ -37,5 +37,8 @@ REPAIR_DELAY_S = 30
 """A paid invoice that contradicts the ledger has its subscription repaired this long after: the events
 of the same moment (delivered out of order) are applied first."""
 
+REPAIR_BATCH = 10
+"""Subscriptions a repair job reads at most (three Stripe reads each): a job holds a worker briefly."""
+
 REPAIR_ATTEMPTS = 4
 """A repair skipped for events in flight is tried again, each time twice as late, up to this many times."""

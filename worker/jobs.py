@@ -15,8 +15,8 @@ from ledger.db import utcnow
 from ledger.intake import WAKE_KEY
 from ledger.models import EventStatus, StripeEvent
 from worker import context, processing
-from worker.defaults import DRAIN_BUDGET_S, REPAIR_ATTEMPTS, REPAIR_DELAY_S, STUCK_AFTER_S
-from worker.queues import queue, wake_shard
+from worker.defaults import DRAIN_BUDGET_S, REPAIR_ATTEMPTS, REPAIR_BATCH, REPAIR_DELAY_S, STUCK_AFTER_S
+from worker.queues import repair_queue, wake_shard
 from worker.recompute import after_apply_for, retry_waiting
 from worker.runs import RunRefused, one_line
 
@@ -44,11 +44,11 @@ def drain_shard(shard: int) -> dict[str, Any]:
         wake_shard(connection, shard, force=True)
     result = asdict(report)
     if paid and settings.stripe_api_key:
-        result["repairs_queued"] = _queue_repairs(connection, paid)
+        result["repairs_queued"] = _repair_contradicted(connection, paid)
     return result
 
 
-def _queue_repairs(connection: Redis, paid: set[str]) -> list[str]:
+def _repair_contradicted(connection: Redis, paid: set[str]) -> list[str]:
     """Queue a `repair` of the subscriptions whose paid invoices contradict the ledger (mrr-rules.md §9)."""
     from worker.reconcile import contradicted_by_invoices
 
@@ -60,8 +60,19 @@ def _queue_repairs(connection: Redis, paid: set[str]) -> list[str]:
         return []
     if contradicted:
         log.info("paid invoices contradict the ledger: repair queued", extra={"subscriptions": contradicted})
-        queue(connection).enqueue_in(timedelta(seconds=REPAIR_DELAY_S), repair_subscriptions, contradicted, 1)
+        queue_repair(connection, contradicted, attempt=1)
     return contradicted
+
+
+def queue_repair(connection: Redis, subscription_ids: list[str], *, attempt: int) -> None:
+    """Repair jobs of REPAIR_BATCH subscriptions at most, so none holds a worker long."""
+    for start in range(0, len(subscription_ids), REPAIR_BATCH):
+        repair_queue(connection).enqueue_in(
+            timedelta(seconds=REPAIR_DELAY_S * 2 ** (attempt - 1)),
+            repair_subscriptions,
+            subscription_ids[start : start + REPAIR_BATCH],
+            attempt,
+        )
 
 
 def repair_subscriptions(subscription_ids: list[str], attempt: int) -> dict[str, Any]:
@@ -70,9 +81,7 @@ def repair_subscriptions(subscription_ids: list[str], attempt: int) -> dict[str,
 
     report, skipped = repair(context.database(), context.settings(), subscription_ids, trigger="paid invoice")
     if skipped and attempt < REPAIR_ATTEMPTS:
-        queue(_connection()).enqueue_in(
-            timedelta(seconds=REPAIR_DELAY_S * 2**attempt), repair_subscriptions, skipped, attempt + 1
-        )
+        queue_repair(_connection(), skipped, attempt=attempt + 1)
     return {"run": report.run_id, "status": report.status.value, "counts": dict(report.counts)}
 
 

@@ -10,6 +10,7 @@ from ledger.intake import (
     DRAIN_JOB_OPTIONS,
     DRAIN_JOB_RETRY_INTERVALS_S,
     QUEUE_NAME,
+    REPAIR_QUEUE_NAME,
     WAKE_KEY,
     WAKE_TTL_S,
 )
@@ -17,6 +18,17 @@ from ledger.intake import (
 
 def queue(connection: Redis) -> Queue:
     return Queue(QUEUE_NAME, connection=connection)
+
+
+def repair_queue(connection: Redis) -> Queue:
+    """Repairs wait here: never ahead of the events (`worker_queues`)."""
+    return Queue(REPAIR_QUEUE_NAME, connection=connection)
+
+
+def worker_queues(connection: Redis) -> list[Queue]:
+    """What a worker listens to, in order: a worker takes a job from a queue only when those before it
+    are empty, so a repair (it reads from Stripe) never holds events back."""
+    return [queue(connection), repair_queue(connection)]
 
 
 def wake_shard(connection: Redis, shard: int, *, force: bool = False) -> bool:

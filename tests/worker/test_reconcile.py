@@ -18,7 +18,7 @@ from rq.registry import ScheduledJobRegistry
 from sqlalchemy import func, select, text, update
 
 from ledger.db import Database, utcnow
-from ledger.intake import store_event
+from ledger.intake import QUEUE_NAME, REPAIR_QUEUE_NAME, store_event
 from ledger.models import DriftItem, Movement, RunStatus, StripeObject, SubscriptionSnapshot, SyncRun, WaitingCustomer
 from ledger.settings import ENV_VARIABLES, Settings
 from ledger.state import RANK_EVENT, RANK_HISTORY, RANK_RECONCILE, record_object
@@ -30,8 +30,9 @@ from tests.worker.test_backfill import PRO, customer, deleted_coupon_account, di
 from tests.worker.test_pipeline import deliver
 from worker import processing
 from worker.cli import main
-from worker.jobs import repair_subscriptions
-from worker.queues import queue
+from worker.defaults import REPAIR_BATCH
+from worker.jobs import queue_repair, repair_subscriptions
+from worker.queues import repair_queue, worker_queues
 from worker.recompute import after_apply_for
 from worker.reconcile import contradicted_by_invoices, mrr_steps, observed_before, reconcile
 from worker.runs import RunRefused, start_run
@@ -505,13 +506,13 @@ def test_a_ledger_waiting_for_a_deleted_coupon_is_valued_as_its_invoices_value_i
 
 
 def scheduled_repairs(redis: Redis) -> list[Job]:
-    registry = ScheduledJobRegistry(queue=queue(redis))
+    registry = ScheduledJobRegistry(queue=repair_queue(redis))
     return [Job.fetch(job_id, connection=redis) for job_id in registry.get_job_ids()]
 
 
 def run_worker(redis: Redis) -> None:
     """An RQ worker in burst mode, in this process (so `responses` answers its Stripe calls)."""
-    SimpleWorker([queue(redis)], connection=redis).work(burst=True)
+    SimpleWorker(worker_queues(redis), connection=redis).work(burst=True)
 
 
 @responses.activate
@@ -538,8 +539,8 @@ def test_a_paid_invoice_that_contradicts_the_ledger_has_the_worker_repair_it_bef
     assert [m[1:4] for m in movements(db)] == [("2024-01-10", "new", 10000)]
     [job] = scheduled_repairs(redis)
     assert job.args == (["sub_1"], 1)
-    ScheduledJobRegistry(queue=queue(redis)).remove(job)
-    queue(redis).enqueue_job(job)  # due now rather than in REPAIR_DELAY_S
+    ScheduledJobRegistry(queue=repair_queue(redis)).remove(job)
+    repair_queue(redis).enqueue_job(job)  # due now rather than in REPAIR_DELAY_S
     run_worker(redis)
 
     assert [m[1:4] for m in movements(db)] == [("2024-01-10", "new", 10000), ("2024-02-20", "expansion", 20000)]
@@ -667,7 +668,7 @@ def test_a_repair_of_a_customer_with_events_in_flight_is_queued_again_later(
     with db.transaction() as session:  # received, no worker has tried it yet
         event = sub_event("evt_more_seats", "updated", gold_since_january(quantity=2), utc(2, 1))
         store_event(session, event, received_via="webhook", now=utcnow())
-    queue(redis).enqueue(repair_subscriptions, ["sub_1"], 1)
+    repair_queue(redis).enqueue(repair_subscriptions, ["sub_1"], 1)
 
     run_worker(redis)
 
@@ -760,3 +761,13 @@ def test_a_discount_a_lost_event_named_that_no_record_shows_is_valued_at_nothing
     with db.session() as session:
         assert session.get(WaitingCustomer, "cus_1") is None
     assert [m[1:4] for m in movements(db)] == [("2024-01-01", "new", 3000)]
+
+
+def test_repairs_are_queued_in_small_batches_behind_the_events(redis: Redis) -> None:
+    """A worker takes a repair only when no drain job waits, and each repair reads a few subscriptions:
+    repairs never hold the events back for long."""
+    queue_repair(redis, [f"sub_{n:02d}" for n in range(2 * REPAIR_BATCH + 5)], attempt=1)
+
+    batches = sorted((job.args for job in scheduled_repairs(redis)), key=lambda args: args[0][0])
+    assert [(len(ids), attempt) for ids, attempt in batches] == [(REPAIR_BATCH, 1), (REPAIR_BATCH, 1), (5, 1)]
+    assert [q.name for q in worker_queues(redis)] == [QUEUE_NAME, REPAIR_QUEUE_NAME]
