@@ -744,8 +744,8 @@ def _items_of(subscription: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return [item for item in items.get("data") or [] if isinstance(item, Mapping)]
 
 
-def _current_prices(subscription: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
-    """The price objects the current subscription carries, by id: a fallback for the lookup."""
+def item_prices(subscription: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """The price (and legacy plan) objects a subscription's items carry whole, by id: a fallback for the lookup."""
     found: dict[str, Mapping[str, Any]] = {}
     for item in _items_of(subscription):
         for rate in (item.get("price"), item.get("plan")):
@@ -757,7 +757,7 @@ def _current_prices(subscription: Mapping[str, Any]) -> dict[str, Mapping[str, A
 
 def _rate_reader(prices: PriceLookup, current: Mapping[str, Any]) -> _Rates:
     """Reads a line's price: the lookup, then the current subscription's; each id looked up once."""
-    current_prices = _current_prices(current)
+    current_prices = item_prices(current)
     seen: dict[str, Mapping[str, Any] | None] = {}
 
     def stored(price_id: str) -> Mapping[str, Any] | None:

@@ -41,6 +41,8 @@ from ledger.history import (
     invoice_fields,
     invoice_item_subscription,
     invoice_subscription,
+    item_prices,
+    named_discounts,
 )
 from ledger.models import (
     DriftItem,
@@ -834,7 +836,7 @@ def _says(subscription: Mapping[str, Any], billed: Billed, lookup: Callable[[str
         quantity is not None and interval in intervals and own not in prices for own, quantity, interval in items
     ):
         return False
-    named = dict(_discounts_of(subscription))
+    named = named_discounts(subscription, ())
     if not billed.discounts <= named.keys():
         return False
     if any(
@@ -874,26 +876,13 @@ def _object_id(value: Any) -> str | None:
     return value.get("id") if isinstance(value, Mapping) else value if isinstance(value, str) else None
 
 
-def _discounts_of(subscription: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any] | None]]:
-    """The discounts a version names, on the subscription and on its items: (id, the object if expanded)."""
-    holders = [subscription, *((subscription.get("items") or {}).get("data") or [])]
-    for holder in holders:
-        for entry in [*(holder.get("discounts") or []), holder.get("discount")]:
-            found = _object_id(entry)
-            if found is not None:
-                yield found, entry if isinstance(entry, Mapping) else None
-
-
 def _embedded_rates(snapshots: Sequence[Snapshot]) -> dict[str, Mapping[str, Any]]:
     """The prices (and legacy plans) the versions carry whole, by id: a price seen only inside a
     subscription is not stored on its own."""
     found: dict[str, Mapping[str, Any]] = {}
     for snapshot in snapshots:
-        for entry in (snapshot.subscription.get("items") or {}).get("data") or []:
-            for key in ("price", "plan"):
-                rate = entry.get(key)
-                if isinstance(rate, Mapping) and isinstance(rate.get("id"), str):
-                    found.setdefault(rate["id"], rate)
+        for price_id, rate in item_prices(snapshot.subscription).items():
+            found.setdefault(price_id, rate)
     return found
 
 
@@ -962,7 +951,7 @@ def _named_by_ledger(session: Session, subscription_id: str) -> set[str]:
     payloads = session.scalars(
         select(SubscriptionSnapshot.payload).where(SubscriptionSnapshot.subscription_id == subscription_id)
     )
-    return {discount_id for payload in payloads for discount_id, _ in _discounts_of(payload)}
+    return {discount_id for payload in payloads for discount_id in named_discounts(payload, ())}
 
 
 def unseen_discount(discount_id: str, subscription: Mapping[str, Any]) -> dict[str, Any]:
