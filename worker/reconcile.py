@@ -389,6 +389,17 @@ class _Reconciler:
                 if not self.customer(session, customer_id, subscriptions, records, read, last_try=False):
                     self.deferred.append((customer_id, subscriptions, records, read))
 
+    def one(self, subscription_id: str, *, unread: str) -> None:
+        """Read one subscription from Stripe and treat it as a page; an error saying `unread` if Stripe
+        does not give it."""
+        observed_at = observed_before(utcnow())
+        try:
+            found = self.api.subscription(subscription_id)
+        except StripeUnavailable as exc:
+            self.report.error(f"{subscription_id}: {unread} ({exc})")
+            return
+        self.page(_Read([found], observed_at))
+
     def skip(self, subscriptions: Sequence[Mapping[str, Any]]) -> None:
         """Leave the subscriptions of a customer in flight to the next run."""
         self.report.counts["skipped_in_flight"] += len(subscriptions)
@@ -905,17 +916,16 @@ def contradicted_by_records(session: Session, rules: RuleSettings, subscription_
         )
     }
     kept = stored_records(session, sorted(set(owners.values())))
+    versions: dict[str, list[Snapshot]] = {}  # by customer, each read once
     found: list[str] = []
     for subscription_id, customer_id in sorted(owners.items()):
         records = kept.get(subscription_id)
         if records is None:
             continue
         try:
-            own = [
-                s
-                for s in customer_snapshots(session, [customer_id])[customer_id]
-                if s.subscription_id == subscription_id
-            ]
+            if customer_id not in versions:
+                versions[customer_id] = customer_snapshots(session, [customer_id])[customer_id]
+            own = [s for s in versions[customer_id] if s.subscription_id == subscription_id]
             if not own or _lacks_records(session, rules, own, records):
                 found.append(subscription_id)
         except UnresolvedStripeObject:
@@ -1057,13 +1067,7 @@ def reconcile(db: Database, settings: Settings, *, api: StripeAPI | None = None)
             reconciler.page(read)
             heartbeat(db, report)
         for subscription_id in reconciler.ledger_only():
-            observed_at = observed_before(utcnow())
-            try:
-                found = api.subscription(subscription_id)
-            except StripeUnavailable as exc:
-                report.error(f"{subscription_id}: the ledger counts it, Stripe's list does not have it ({exc})")
-                continue
-            reconciler.page(_Read([found], observed_at))
+            reconciler.one(subscription_id, unread="the ledger counts it, Stripe's list does not have it")
             heartbeat(db, report)
         reconciler.last_tries()
     except StripeUnavailable as exc:
@@ -1100,13 +1104,7 @@ def repair(
     reconciler = _Reconciler(db, settings, api, report)
     try:
         for subscription_id in sorted(set(subscription_ids)):
-            observed_at = observed_before(utcnow())
-            try:
-                found = api.subscription(subscription_id)
-            except StripeUnavailable as exc:
-                report.error(f"{subscription_id}: not read from Stripe ({exc})")
-                continue
-            reconciler.page(_Read([found], observed_at))
+            reconciler.one(subscription_id, unread="not read from Stripe")
         reconciler.last_tries()
     except BaseException as exc:
         record_stop(db, report, exc)
