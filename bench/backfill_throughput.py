@@ -32,8 +32,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from redis import Redis
 from sqlalchemy import create_engine, text
@@ -42,6 +43,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.fake_stripe import ENDPOINT_LIMIT, GLOBAL_LIMIT  # noqa: E402
+
+Measured = tuple[float, int, int, float]
+"""Wall seconds, exit status, peak RSS (kB), CPU seconds of a command (`measured`)."""
 
 TARGET_SHARE = 0.70
 """Ours ÷ bound at least this."""
@@ -140,24 +144,30 @@ def postmaster(url: str) -> int | None:
         engine.dispose()
 
 
-def run_backfill(env: dict[str, str], log_path: Path) -> tuple[float, int, int, float]:
-    """Wall seconds, exit status, peak RSS (kB) and CPU seconds of one `subledger backfill`."""
-    subledger = os.path.join(os.path.dirname(sys.executable), "subledger")
+def measured(command: list[str], env: Mapping[str, str], stdout: IO[str], stderr: IO[str] | int) -> Measured:
+    """Run `command` to its end, polling its process tree's VmHWM: wall seconds, exit status, peak RSS
+    (kB) and CPU seconds."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     before, cpu_before = usage.ru_maxrss, usage.ru_utime + usage.ru_stime
     started = time.perf_counter()
-    with open(log_path, "w") as log:
-        process = subprocess.Popen([subledger, "backfill"], env=env, stdout=log, stderr=subprocess.STDOUT)
-        peak = 0
-        while process.poll() is None:
-            peak = max(peak, high_water_kb(tree(process.pid)))
-            time.sleep(0.2)
+    process = subprocess.Popen(command, env=dict(env), stdout=stdout, stderr=stderr)
+    peak = 0
+    while process.poll() is None:
+        peak = max(peak, high_water_kb(tree(process.pid)))
+        time.sleep(0.2)
     elapsed = time.perf_counter() - started
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     # ru_maxrss of waited children is the largest single one: a floor when polling missed the last moments.
     if usage.ru_maxrss > before:
         peak = max(peak, usage.ru_maxrss)
     return elapsed, process.returncode, peak, usage.ru_utime + usage.ru_stime - cpu_before
+
+
+def run_backfill(env: dict[str, str], log_path: Path) -> Measured:
+    """Wall seconds, exit status, peak RSS (kB) and CPU seconds of one `subledger backfill`."""
+    subledger = os.path.join(os.path.dirname(sys.executable), "subledger")
+    with open(log_path, "w") as log:
+        return measured([subledger, "backfill"], env, log, subprocess.STDOUT)
 
 
 def bound_seconds(stats: dict[str, Any], latency: float) -> tuple[float, str]:

@@ -50,7 +50,6 @@ import os
 import random
 import re
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -67,7 +66,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.account_replay import ACCOUNTS, _instant, fresh_database  # noqa: E402
-from bench.backfill_throughput import cpu_seconds, high_water_kb, postmaster, tree  # noqa: E402
+from bench.backfill_throughput import cpu_seconds, measured, postmaster  # noqa: E402
 from bench.fake_stripe import ENDPOINT_LIMIT, GLOBAL_LIMIT, AccountStripe, Server, Stats  # noqa: E402
 from ledger.settings import DEFAULT_STRIPE_RATE_SHARE, load_settings  # noqa: E402
 from worker.demo import DEMO_RULES  # noqa: E402
@@ -111,23 +110,10 @@ def subledger(env: Mapping[str, str], *args: str, log_dir: Path, name: str | Non
     executable = os.path.join(os.path.dirname(sys.executable), "subledger")
     name = name or "_".join(args)
     out_path, err_path = log_dir / f"{name}.out", log_dir / f"{name}.err"
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    before, cpu_before = usage.ru_maxrss, usage.ru_utime + usage.ru_stime
-    started = time.perf_counter()
     with out_path.open("w") as out, err_path.open("w") as err:
-        process = subprocess.Popen([executable, *args], env=dict(env), stdout=out, stderr=err)
-        peak = 0
-        while process.poll() is None:
-            peak = max(peak, high_water_kb(tree(process.pid)))
-            time.sleep(0.2)
-    seconds = time.perf_counter() - started
-    # ru_maxrss of waited children is the largest single one: a floor when polling missed the last moments.
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if usage.ru_maxrss > before:
-        peak = max(peak, usage.ru_maxrss)
-    cpu = usage.ru_utime + usage.ru_stime - cpu_before
+        seconds, status, peak, cpu = measured([executable, *args], env, out, err)
     stdout, stderr = out_path.read_text(errors="replace"), err_path.read_text(errors="replace")
-    run = Run(process.returncode, seconds, peak, cpu, stdout, stderr)
+    run = Run(status, seconds, peak, cpu, stdout, stderr)
     if run.status not in (0, 1) or (run.status == 1 and not run.stdout.strip()):
         last = run.stderr.strip().splitlines()[-1:] or [""]
         raise SystemExit(f"reconcile_cost: subledger {' '.join(args)} failed ({run.status}): {last[0]}")
