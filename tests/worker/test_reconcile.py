@@ -679,6 +679,14 @@ def test_a_repair_of_a_customer_with_events_in_flight_is_queued_again_later(
     assert (run.status, run.counts["skipped_in_flight"], run.counts["corrected"]) == ("ok", 1, 0)
 
 
+def pro_since_january(stripe: FakeStripe) -> None:
+    """cus_1 on pro since Jan 1, no discount now; the test adds the invoices."""
+    stripe.add("products", product("prod_pro"))
+    stripe.add("prices", dict(PRO, created=ts(utc(1, 1)), livemode=False))
+    stripe.add("customers", customer("cus_1", utc(1, 1)))
+    stripe.add("subscriptions", subscription(item(PRO), start=utc(1, 1)))
+
+
 def test_a_ledger_waiting_for_a_discount_stripe_no_longer_has_is_valued_as_its_invoices_value_it(
     db: Database, settings: Settings
 ) -> None:
@@ -687,10 +695,7 @@ def test_a_ledger_waiting_for_a_discount_stripe_no_longer_has_is_valued_as_its_i
     which names it by id, waits. The run values it as the invoice it reduced says (15% off)."""
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         stripe = FakeStripe(mock)
-        stripe.add("products", product("prod_pro"))
-        stripe.add("prices", dict(PRO, created=ts(utc(1, 1)), livemode=False))
-        stripe.add("customers", customer("cus_1", utc(1, 1)))
-        stripe.add("subscriptions", subscription(item(PRO), start=utc(1, 1)))
+        pro_since_january(stripe)
         discounted = line("il_2", PRO, utc(2, 1), utc(3, 1))
         discounted["discount_amounts"] = [{"amount": 450, "discount": "di_gone"}]
         stripe.add(
@@ -732,10 +737,7 @@ def test_a_discount_a_lost_event_named_that_no_record_shows_is_valued_at_nothing
     and the run says so."""
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         stripe = FakeStripe(mock)
-        stripe.add("products", product("prod_pro"))
-        stripe.add("prices", dict(PRO, created=ts(utc(1, 1)), livemode=False))
-        stripe.add("customers", customer("cus_1", utc(1, 1)))
-        stripe.add("subscriptions", subscription(item(PRO), start=utc(1, 1)))
+        pro_since_january(stripe)
         stripe.add(
             "invoices",
             *(invoice(f"in_{m}", utc(m, 1), [line(f"il_{m}", PRO, utc(m, 1), utc(m + 1, 1))]) for m in (1, 2, 3)),
