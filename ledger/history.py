@@ -1260,6 +1260,34 @@ class Billed:
     """What the lines bill, before discounts: 0 for a trial's."""
 
 
+@dataclass(frozen=True)
+class VersionItem:
+    """One item of a stored subscription version, as `Billed` is compared with it."""
+
+    price_id: str | None
+    quantity: int | None
+    """None for a metered item: its lines bill any quantity."""
+    interval: tuple[Any, Any]
+    """(interval, count) of its price (or legacy plan); (None, None) when the price is not expanded."""
+
+
+def version_items(subscription: Mapping[str, Any]) -> list[VersionItem]:
+    """The items of a subscription version, read for comparison with what its invoices bill."""
+    found = []
+    for item in _items_of(subscription):
+        price = item.get("price") if isinstance(item.get("price"), Mapping) else item.get("plan")
+        recurring = _mapping(price).get("recurring")
+        terms = _mapping(recurring) if isinstance(recurring, Mapping) else _mapping(price)
+        found.append(
+            VersionItem(
+                _id(item.get("price")) or _id(item.get("plan")),
+                item.get("quantity"),
+                (terms.get("interval"), terms.get("interval_count")),
+            )
+        )
+    return found
+
+
 def billed_items(invoice: Mapping[str, Any]) -> list[Billed]:
     """What a paid invoice's lines for its own subscription say of its items, by period start: its regular
     lines (one `Billed` per period they bill) and its proration debits (what a change added, from the

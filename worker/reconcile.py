@@ -43,6 +43,7 @@ from ledger.history import (
     invoice_subscription,
     item_prices,
     named_discounts,
+    version_items,
 )
 from ledger.models import (
     DriftItem,
@@ -832,19 +833,16 @@ def _says(subscription: Mapping[str, Any], billed: Billed, lookup: Callable[[str
     """Whether the version has the items the lines bill (a metered item: any quantity), only those when
     the lines are a regular period's, names every discount that took something off them and no lasting
     discount the invoice does not name, and is not in a trial when the lines bill something."""
-    items = [
-        (_object_id(entry.get("price")) or _object_id(entry.get("plan")), entry.get("quantity"), _interval(entry))
-        for entry in (subscription.get("items") or {}).get("data") or []
-    ]
+    items = version_items(subscription)
     for price_id, quantity in billed.items:
-        if not any(own == price_id and own_quantity in (None, quantity) for own, own_quantity, _ in items):
+        if not any(item.price_id == price_id and item.quantity in (None, quantity) for item in items):
             return False
     # A regular period bills every item renewing with it: those of its interval (a yearly item beside
     # monthly ones is billed on its own invoices).
     prices = {price_id for price_id, _ in billed.items}
-    intervals = {interval for own, _, interval in items if own in prices}
+    intervals = {item.interval for item in items if item.price_id in prices}
     if billed.regular and any(
-        quantity is not None and interval in intervals and own not in prices for own, quantity, interval in items
+        item.quantity is not None and item.interval in intervals and item.price_id not in prices for item in items
     ):
         return False
     named = named_discounts(subscription, ())
@@ -871,20 +869,6 @@ def _lasting(
     if isinstance(coupon, str):
         coupon = lookup(coupon)
     return not (isinstance(coupon, Mapping) and coupon.get("duration") == "once")
-
-
-def _interval(item: Mapping[str, Any]) -> tuple[Any, Any]:
-    """(interval, count) of an item's price (or legacy plan), (None, None) when it is not expanded."""
-    price = item.get("price") if isinstance(item.get("price"), Mapping) else item.get("plan")
-    if not isinstance(price, Mapping):
-        return None, None
-    recurring = price.get("recurring")
-    terms: Mapping[str, Any] = recurring if isinstance(recurring, Mapping) else price
-    return terms.get("interval"), terms.get("interval_count")
-
-
-def _object_id(value: Any) -> str | None:
-    return value.get("id") if isinstance(value, Mapping) else value if isinstance(value, str) else None
 
 
 def _embedded_rates(snapshots: Sequence[Snapshot]) -> dict[str, Mapping[str, Any]]:
