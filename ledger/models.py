@@ -246,6 +246,9 @@ class SyncCheckpoint(Base):
     """The last object id committed (Stripe's `starting_after`); None before the first page."""
     done: Mapped[bool] = mapped_column(default=False)
     objects: Mapped[int] = mapped_column(Integer, default=0)
+    reached: Mapped[int | None] = mapped_column(BigInteger)
+    """A window read newest first, not done: `created` of the oldest object committed. Everything it holds
+    from the next second on is stored (`worker.streams.ready_from`)."""
     updated_at: Mapped[datetime]
     counts: Mapped[dict[str, int] | None] = mapped_column(JsonDocument)
     """What the stream's process did so far (the backfill's history process), committed with its cursor."""

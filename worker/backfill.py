@@ -435,7 +435,15 @@ class _Backfill:
                         )
                         save_checkpoint(session, self.report.run_id, older.name, cursor=None, objects=0)
                         stream = reading.stream
-                save_checkpoint(session, self.report.run_id, stream.name, cursor=cursor, objects=objects, done=done)
+                save_checkpoint(
+                    session,
+                    self.report.run_id,
+                    stream.name,
+                    cursor=cursor,
+                    objects=objects,
+                    done=done,
+                    reached=reading.reached,
+                )
             reading.split_wanted = False
             if older is not None:
                 self.handed_over.put(older)

@@ -201,9 +201,9 @@ class HistoryRebuild:
         to take, False as soon as `going_on()` is false."""
         exhausted: datetime | None = None
         while going_on():
-            streams, read = self._planned()
+            streams, read, reached = self._planned()
             everything = bool(streams) and len(read) == len(streams)
-            frontier = None if everything else ready_from(streams, read)
+            frontier = None if everything else ready_from(streams, read, reached)
             # Nothing new is ready until another window is read: the customers are not asked again.
             if (everything or frontier not in (None, exhausted)) and self.rebuild_batch(frontier):
                 continue
@@ -213,15 +213,19 @@ class HistoryRebuild:
             time.sleep(POLL_S)
         return False
 
-    def _planned(self) -> tuple[list[Stream], set[str]]:
-        """The run's reading streams, and the names of those read to the end."""
+    def _planned(self) -> tuple[list[Stream], set[str], dict[str, int]]:
+        """The run's reading streams, the names of those read to the end, and how far back the others got."""
         with self.db.session() as session:
             rows = session.execute(
-                select(SyncCheckpoint.stream, SyncCheckpoint.done).where(
+                select(SyncCheckpoint.stream, SyncCheckpoint.done, SyncCheckpoint.reached).where(
                     SyncCheckpoint.run_id == self.run_id, SyncCheckpoint.stream != HISTORY_STREAM
                 )
             ).all()
-        return [Stream.from_name(name) for name, _ in rows], {name for name, done in rows if done}
+        return (
+            [Stream.from_name(name) for name, _, _ in rows],
+            {name for name, done, _ in rows if done},
+            {name: reached for name, done, reached in rows if not done and reached is not None},
+        )
 
     def _waiting(self, frontier: datetime | None) -> Any:
         """The run's customers not rebuilt yet, created from `frontier` on (None: any), newest first."""

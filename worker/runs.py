@@ -176,6 +176,7 @@ def save_checkpoint(
     cursor: str | None,
     objects: int,
     done: bool = False,
+    reached: int | None = None,
     counts: dict[str, int] | None = None,
     errors: list[str] | None = None,
 ) -> None:
@@ -187,6 +188,7 @@ def save_checkpoint(
     row.cursor = cursor
     row.objects = objects
     row.done = done
+    row.reached = None if done else reached
     row.counts = counts
     row.errors = errors
     row.updated_at = utcnow()

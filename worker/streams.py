@@ -135,14 +135,18 @@ def windows(start: int, end: int, count: int, *, dense_from: int | None = None) 
     return [(low, high) for low, high in itertools.pairwise(bounds) if high > low]
 
 
-def ready_from(streams: Sequence[Stream], read: set[str]) -> datetime | None:
+def ready_from(streams: Sequence[Stream], read: set[str], reached: Mapping[str, int] | None = None) -> datetime | None:
     """The earliest `created` from which every window of the big lists is read; None while none is.
 
     Nothing a customer has (subscription, invoice) is older than the customer,
     so the history of a customer created then or later is all stored. The
     catalog comes first: history prices its invoices' lines. A listing read
-    whole holds nothing back once read, and everything until then.
+    whole holds nothing back once read, and everything until then. A window
+    still being read, newest first, is read from the second after the oldest
+    object it committed (`reached`, by stream name) on: Stripe lists newest
+    first, and objects of that same second may still be on the next page.
     """
+    reached = reached or {}
     if any(not stream.listing.windowed and stream.name not in read for stream in streams):
         return None
     frontier: int | None = None
@@ -158,6 +162,9 @@ def ready_from(streams: Sequence[Stream], read: set[str]) -> datetime | None:
         reach: int | None = None
         for stream in own:
             if stream.name not in read:
+                partly = reached.get(stream.name)
+                if partly is not None and stream.created_lt is not None and partly + 1 < stream.created_lt:
+                    reach = partly + 1
                 break
             reach = stream.created_gte
         if own and reach is None:

@@ -772,6 +772,7 @@ def test_an_interrupted_backfill_resumes_after_its_last_page_and_ends_as_an_unin
             )
         ).one()
         assert (stopped_at.cursor, stopped_at.objects, stopped_at.done) == ("cus_0050", 200, False)
+        assert stopped_at.reached == int(utc(2, 1).timestamp()), "created of the oldest customer committed"
         first_run = run.id
     answered = {
         (path, tuple(sorted(query.items())))
@@ -796,6 +797,10 @@ def test_an_interrupted_backfill_resumes_after_its_last_page_and_ends_as_an_unin
     assert outcome(db, uninterrupted.run_id) == interrupted
     assert dict(uninterrupted.counts) == counts
     assert counts["customers"] == 251
+    with db.session() as session:
+        assert session.scalars(select(SyncCheckpoint.reached).where(SyncCheckpoint.done)).all() == [None] * len(
+            session.scalars(select(SyncCheckpoint).where(SyncCheckpoint.done)).all()
+        ), "a window read to its end holds nothing back"
 
 
 def test_ctrl_c_leaves_the_run_resumable(db: Database, config: Settings, stripe: FakeStripe) -> None:
@@ -1153,6 +1158,26 @@ def test_history_waits_for_a_list_read_whole_then_follows_the_windowed_ones() ->
     read = {stream.name for stream in catalog} | {subscriptions[1].name, invoices[1].name}
     assert ready_from(streams, read) is None, "a customer may still be anywhere in the list"
     assert ready_from(streams, read | {"customers"}) == datetime.fromtimestamp(100, UTC)
+
+
+def test_history_follows_a_window_still_being_read_newest_first_one_second_behind_its_oldest_object() -> None:
+    subscriptions = [Stream(SUBSCRIPTIONS, 0, 100), Stream(SUBSCRIPTIONS, 100, 200)]
+    invoices = [Stream(INVOICES, 0, 100), Stream(INVOICES, 100, 200)]
+    streams = [*(Stream(listing) for listing in CATALOG), Stream(CUSTOMERS, 0, 200), *subscriptions, *invoices]
+    read = {stream.name for stream in streams} - {invoices[0].name, invoices[1].name}
+
+    def frontier(reached: dict[str, int]) -> int | None:
+        found = ready_from(streams, read, reached)
+        return None if found is None else int(found.timestamp())
+
+    # Objects of the second 150 may still be on the next page: only from 151 on is everything stored.
+    assert frontier({invoices[1].name: 150}) == 151
+    assert frontier({invoices[1].name: 150, invoices[0].name: 40}) == 151, "an older window waits for the newer"
+    assert frontier({invoices[1].name: 199}) is None, "nothing of the window is known whole yet"
+    assert frontier({}) is None
+    read.add(invoices[1].name)
+    assert frontier({invoices[0].name: 40}) == 41
+    assert frontier({}) == 100
 
 
 # --- more items than Stripe embeds ------------------------------------------------------------
