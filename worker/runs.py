@@ -29,6 +29,9 @@ STALE_AFTER = timedelta(minutes=10)
 MAX_ERRORS_KEPT = 200
 """Errors stored on a run row; the count of all of them is kept in `counts`."""
 
+NOTES_SHOWN = 3
+"""Notes a run's summary line spells out; the log has each of them."""
+
 
 class RunRefused(RuntimeError):
     """The run cannot start (another one is running, no API key, …); the message says why."""
@@ -61,7 +64,9 @@ class RunReport:
     def summary(self) -> str:
         counted = ", ".join(f"{value:,} {key}" for key, value in sorted(self.counts.items()) if key != "errors")
         tail = f"; {self.counts['errors']:,} errors (first: {self.errors[0]})" if self.errors else ""
-        noted = f"; notes: {'; '.join(self.notes)}" if self.notes else ""
+        noted = f"; notes: {'; '.join(self.notes[:NOTES_SHOWN])}" if self.notes else ""
+        if len(self.notes) > NOTES_SHOWN:
+            noted += f"; {len(self.notes) - NOTES_SHOWN:,} more notes in the log"
         return f"{self.kind} {self.run_id} {self.status.value}: {counted or 'nothing to do'}{tail}{noted}"
 
 
