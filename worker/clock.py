@@ -14,7 +14,7 @@ from rq.cron import CronScheduler
 from ledger.intake import QUEUE_NAME
 from ledger.settings import Settings
 from worker import jobs
-from worker.defaults import CATCH_UP_INTERVAL_S, ROLL_FORWARD_CRON, SWEEP_INTERVAL_S
+from worker.defaults import CATCH_UP_INTERVAL_S, CATCH_UP_TIMEOUT_S, ROLL_FORWARD_CRON, SWEEP_INTERVAL_S
 
 log = logging.getLogger("subledger.clock")
 
@@ -27,7 +27,13 @@ def build_scheduler(connection: Redis, settings: Settings) -> CronScheduler:
         scheduler.register(
             jobs.reconcile_nightly, QUEUE_NAME, cron=settings.reconcile_cron, job_timeout=6 * 3600, result_ttl=86400
         )
-        scheduler.register(jobs.catch_up_events, QUEUE_NAME, interval=CATCH_UP_INTERVAL_S, result_ttl=3600)
+        scheduler.register(
+            jobs.catch_up_events,
+            QUEUE_NAME,
+            interval=CATCH_UP_INTERVAL_S,
+            job_timeout=CATCH_UP_TIMEOUT_S,
+            result_ttl=3600,
+        )
     else:
         log.warning("STRIPE_API_KEY is not set: no nightly reconciliation and no missed-event catch-up")
     return scheduler

@@ -33,6 +33,10 @@ ROLL_FORWARD_CRON = "10 0 * * *"
 CATCH_UP_INTERVAL_S = 300
 """How often the clock reads back recent events from Stripe's Events API."""
 
+CATCH_UP_TIMEOUT_S = 3600
+"""How long one catch-up may read. The first reads all 30 days Stripe keeps: on a large account that is
+thousands of pages, far past RQ's default 180 s, and a run stopped short does not move the cursor."""
+
 REPAIR_DELAY_S = 30
 """A paid invoice that contradicts the ledger has its subscription repaired this long after: the events
 of the same moment (delivered out of order) are applied first."""

@@ -224,3 +224,16 @@ def test_a_running_catch_up_refuses_a_second_but_a_dead_one_does_not(
     with db.transaction() as session:
         session.execute(update(SyncRun).values(heartbeat_at=utcnow() - timedelta(minutes=11)))
     assert catch_up(db, stripe_settings, None, api=api).status is RunStatus.OK
+
+
+def test_the_clock_gives_a_catch_up_an_hour_to_read_the_30_days_stripe_keeps(redis: Redis, settings: Settings) -> None:
+    """RQ stops a job after 180 s unless told otherwise: a large account's first catch-up reads
+    thousands of pages, and a run stopped short leaves the cursor where it was."""
+    from worker.clock import build_scheduler
+    from worker.defaults import CATCH_UP_TIMEOUT_S
+
+    scheduler = build_scheduler(redis, replace(settings, stripe_api_key="sk_test_clock"))
+    scheduler.enqueue_jobs()
+
+    timeouts = {job.func_name.rsplit(".", 1)[-1]: job.timeout for job in queue(redis).get_jobs()}
+    assert timeouts["catch_up_events"] == CATCH_UP_TIMEOUT_S
