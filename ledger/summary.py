@@ -208,6 +208,13 @@ class MissingRates(LookupError):
         super().__init__(", ".join(f"{currency} from {day}" for currency, day in self.missing))
 
 
+class MonthNotStarted(ValueError):
+    """A summary was asked for a month after today's: nothing has happened in it yet."""
+
+    def __init__(self, month: date, today: date) -> None:
+        super().__init__(f"{month:%Y-%m} has not started (today is {today.isoformat()})")
+
+
 def account_summary(
     session: Session,
     *,
@@ -218,7 +225,12 @@ def account_summary(
     today: date,
 ) -> list[dict[str, object]]:
     """The month's KPIs: one summary in a single currency when the account has one
-    (or rates convert them), else one per currency. Each carries its FX adjustment."""
+    (or rates convert them), else one per currency. Each carries its FX adjustment.
+
+    Raises MonthNotStarted for a month after today's, MissingRates when `rates` lack some.
+    """
+    if month > today.replace(day=1):
+        raise MonthNotStarted(month, today)
     currencies = account_currencies(session, livemode=livemode) or [reporting_currency]
     if rates is None or currencies == [reporting_currency]:
         summaries = []

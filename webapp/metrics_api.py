@@ -21,7 +21,7 @@ from ledger.models import Movement
 from ledger.queries import cohorts as cohort_grid
 from ledger.queries import customer_story, movements_page
 from ledger.reporting import MOVEMENT_TYPES, Interval, Series, mrr_series
-from ledger.summary import MissingRates, account_currencies, account_summary, default_livemode
+from ledger.summary import MissingRates, MonthNotStarted, account_currencies, account_summary, default_livemode
 from webapp.api import csv_response, iso, wants_csv, whole_number
 from webapp.auth import require_api_token
 from webapp.services import services
@@ -196,6 +196,8 @@ def summary() -> ResponseReturnValue:
                 reporting_currency=found.settings.reporting_currency,
                 today=today,
             )
+        except MonthNotStarted as exc:
+            abort(400, description=f"month: {exc}")
         except MissingRates as exc:
             missing = _missing(exc.missing)
             summaries = account_summary(

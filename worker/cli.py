@@ -247,7 +247,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     from ledger.db import utcnow
     from ledger.fx import load_rates
-    from ledger.summary import MissingRates, account_summary, default_livemode
+    from ledger.summary import MissingRates, MonthNotStarted, account_summary, default_livemode
     from webapp.report import render_csv, render_json, render_table
 
     settings = _settings()
@@ -271,6 +271,8 @@ def cmd_report(args: argparse.Namespace) -> int:
             )
     except MissingRates as exc:
         raise CommandError(f"FX_RATES_FILE lacks rates for {exc}") from None
+    except MonthNotStarted as exc:
+        raise CommandError(f"--month: {exc}") from None
     finally:
         db.dispose()
     if args.format == "json":

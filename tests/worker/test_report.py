@@ -50,3 +50,9 @@ def test_a_bad_month_is_one_line(env: None, capsys: pytest.CaptureFixture[str]) 
     assert capsys.readouterr().err.strip().splitlines() == [
         "subledger: argument --month: 'March' is not a month (YYYY-MM) (see `subledger report --help`)"
     ]
+
+
+def test_a_month_not_started_is_one_line(env: None, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "--month", "2099-12"]) != 0
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("subledger: --month: 2099-12 has not started (today is ")
