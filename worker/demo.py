@@ -411,7 +411,8 @@ def run_demo(
     print(f"  {len(history)} events, written to {files.account}/", flush=True)
 
     webhook_secret = "whsec_" + secrets.token_urlsafe(24)
-    api_token = secrets.token_urlsafe(24)
+    # A token the user set keeps a bookmarked dashboard login working from one demo to the next.
+    api_token = settings_env.get("SUBLEDGER_API_TOKEN", "").strip() or secrets.token_urlsafe(24)
     env = demo_environment(settings_env, files, webhook_secret=webhook_secret, api_token=api_token, fx=fx)
     settings = load_settings(env, dotenv=False)
     url = f"http://127.0.0.1:{port}"

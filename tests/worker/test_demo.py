@@ -101,9 +101,11 @@ def test_a_port_in_use_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
 class RunningDemo:
     """`subledger demo` as a child process, its output read line by line."""
 
-    def __init__(self, directory: Path, *flags: str, customers: int = 60) -> None:
+    def __init__(self, directory: Path, *flags: str, customers: int = 60, token: str | None = None) -> None:
         self.port = free_port()
-        env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
+        env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "SUBLEDGER_API_TOKEN"}}
+        if token is not None:
+            env["SUBLEDGER_API_TOKEN"] = token
         command = [
             os.path.join(os.path.dirname(sys.executable), "subledger"),
             "demo", "--no-live", "--customers", str(customers),
@@ -153,13 +155,15 @@ def api_get(url: str, token: str, **params: str) -> Any:
     return response.json()
 
 
-def _run_and_check(tmp_path: Path, *flags: str, check: Any) -> list[str]:
+def _run_and_check(tmp_path: Path, *flags: str, check: Any, token: str | None = None) -> list[str]:
     directory = tmp_path / "demo"
-    demo = RunningDemo(directory, *flags)
+    demo = RunningDemo(directory, *flags, token=token)
     started: set[int] = set()
     try:
-        url, token = demo.wait_for_dashboard()
+        url, shown = demo.wait_for_dashboard()
         assert url == f"http://127.0.0.1:{demo.port}"
+        assert shown == token if token is not None else len(shown) >= 32, "the token set, else a new one"
+        token = shown
         expected = json.loads((directory / "account" / "expected_mrr.json").read_text())
         days = sorted(expected["usd"])
         answer = api_get(f"{url}/api/v1/mrr", token, interval="day", start=days[0], end=days[-1])
@@ -210,8 +214,8 @@ def test_demo_ingests_the_account_through_the_webhook_and_the_api_shows_the_gene
 
 
 @pytest.mark.slow
-def test_demo_reports_in_usd_with_its_fx_rates_and_starts_fresh(tmp_path: Path) -> None:
+def test_demo_reports_in_usd_with_its_fx_rates_starts_fresh_and_keeps_the_token_set(tmp_path: Path) -> None:
     (tmp_path / "demo").mkdir()
     (tmp_path / "demo" / "subledger.db").write_bytes(b"an earlier run")
-    output = _run_and_check(tmp_path, check=_in_usd)
+    output = _run_and_check(tmp_path, check=_in_usd, token="a-bookmarked-demo-token")
     assert output[0].startswith("Removed the database of an earlier demo")
