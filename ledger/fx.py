@@ -20,6 +20,7 @@ from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
 
+from ledger.errors import SubledgerError
 from ledger.movements import Movement
 
 ZERO_DECIMAL_CURRENCIES = frozenset(
@@ -51,7 +52,7 @@ HEADER = ("date", "currency", "rate")
 """The rates file's header row."""
 
 
-class FxRatesError(ValueError):
+class FxRatesError(SubledgerError, ValueError):
     """The rates file is malformed; the message names the file and line."""
 
     def __init__(self, message: str, *, line: int | None = None) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from ledger.db import from_timestamp, insert_unless_present
+from ledger.errors import SubledgerError
 from ledger.models import EventStatus, StripeEvent
 
 SHARD_COUNT = 16
@@ -87,7 +88,7 @@ USED_EVENT_TYPES = SUBSCRIPTION_EVENTS | CUSTOMER_EVENTS | DISCOUNT_EVENTS | INV
 """Every event type subledger reads; the README lists them for the webhook endpoint."""
 
 
-class NotAnEvent(ValueError):
+class NotAnEvent(SubledgerError, ValueError):
     """The body is JSON but not a Stripe event; the message says what is wrong."""
 
 

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from typing import Any
 
+from ledger.errors import SubledgerError
 from ledger.settings import RuleSettings
 
 StripeObject = Mapping[str, Any]
@@ -38,7 +39,7 @@ MONTHS_FACTOR: Mapping[str, Fraction] = {
 """§3's f(interval): how many times one interval fits into a month."""
 
 
-class UnresolvedStripeObject(ValueError):
+class UnresolvedStripeObject(SubledgerError, ValueError):
     """The payload holds an id (or lacks a field) where an object is needed.
 
     The caller fetches or expands the named object and calls again; the

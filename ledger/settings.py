@@ -17,6 +17,8 @@ from typing import Literal
 
 from croniter import croniter
 
+from ledger.errors import SubledgerError
+
 RULES_REVISION = "1"
 """Bumped whenever the MRR rules code changes what it computes."""
 
@@ -59,7 +61,7 @@ ENV_VARIABLES = (
 """Every variable subledger reads (README and .env.example document each one)."""
 
 
-class ConfigError(ValueError):
+class ConfigError(SubledgerError, ValueError):
     """A setting is missing or malformed; the message names the variable."""
 
 

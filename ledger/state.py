@@ -26,6 +26,7 @@ from ledger.db import (
     insert_unless_present,
     upsert_newer,
 )
+from ledger.errors import SubledgerError
 from ledger.history import invoice_subscription
 from ledger.intake import (
     CATALOG_EVENTS,
@@ -48,7 +49,7 @@ RANK_RECONCILE = 1000
 """Snapshot rank of a reconciliation's correcting version: inside its second it comes last."""
 
 
-class UnusableEvent(ValueError):
+class UnusableEvent(SubledgerError, ValueError):
     """A used event type whose object lacks what processing needs."""
 
 

@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ledger import metrics
+from ledger.errors import SubledgerError
 from ledger.fx import RateTable, convert
 from ledger.models import AccountMonth, CustomerMonthly, DailyTotal
 from ledger.reporting import mrr_series
@@ -197,7 +198,7 @@ def _converted(figures: list[MonthFigures], rates: RateTable, reporting_currency
     )
 
 
-class MissingRates(LookupError):
+class MissingRates(SubledgerError, LookupError):
     """Rates the conversion needs are not in FX_RATES_FILE."""
 
     def __init__(self, missing: frozenset[tuple[str, date]]) -> None:
@@ -208,7 +209,7 @@ class MissingRates(LookupError):
         super().__init__(", ".join(f"{currency} from {day}" for currency, day in self.missing))
 
 
-class MonthNotStarted(ValueError):
+class MonthNotStarted(SubledgerError, ValueError):
     """A summary was asked for a month after today's: nothing has happened in it yet."""
 
     def __init__(self, month: date, today: date) -> None:

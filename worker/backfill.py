@@ -44,6 +44,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from ledger.db import Database, commit_without_waiting_for_disk, insert_all_unless_present, retrying_deadlocks, utcnow
+from ledger.errors import SubledgerError
 from ledger.models import BackfillCustomer, RunStatus, SyncCheckpoint, SyncRun
 from ledger.settings import Settings
 from ledger.state import UnusableEvent, customer_of, record_customers, record_named_customers, record_objects
@@ -84,7 +85,7 @@ STOPPED = "stopped: "
 """Prefix of the error that says why a run stopped; not an object's error, dropped on resume."""
 
 
-class BackfillFailed(RuntimeError):
+class BackfillFailed(SubledgerError, RuntimeError):
     """The backfill stopped; the message says why in one line, and that it resumes."""
 
 

@@ -19,17 +19,16 @@ from redis import Redis, RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
 from ledger.db import Database
+from ledger.errors import SubledgerError
 from ledger.logs import configure_logging
 from ledger.models import RunStatus
-from ledger.settings import ConfigError, Settings, load_settings
-from worker.backfill import BackfillFailed
-from worker.runs import RunRefused, RunReport, one_line
-from worker.stripe_api import StripeUnavailable
+from ledger.settings import Settings, load_settings
+from worker.runs import RunReport, one_line
 
 log = logging.getLogger("subledger")
 
 
-class CommandError(RuntimeError):
+class CommandError(SubledgerError, RuntimeError):
     """A command cannot do its work; the message is shown as it is."""
 
 
@@ -304,19 +303,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     if args.export:
         return demo.export_account(Path(args.export), customers=args.customers, seed=args.seed)
-    try:
-        return demo.run_demo(
-            os.environ,
-            directory=Path(args.dir),
-            customers=args.customers,
-            seed=args.seed,
-            port=args.port,
-            live=not args.no_live,
-            workers=args.workers,
-            fx=not args.no_fx,
-        )
-    except demo.DemoError as exc:
-        raise CommandError(str(exc)) from None
+    return demo.run_demo(
+        os.environ,
+        directory=Path(args.dir),
+        customers=args.customers,
+        seed=args.seed,
+        port=args.port,
+        live=not args.no_live,
+        workers=args.workers,
+        fx=not args.no_fx,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -382,8 +378,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except (ConfigError, CommandError, RunRefused, StripeUnavailable, BackfillFailed) as exc:
-        print(f"subledger: {exc}", file=sys.stderr)
+    except SubledgerError as exc:
+        lines = str(exc).strip().splitlines()
+        print(f"subledger: {lines[0] if lines else type(exc).__name__}", file=sys.stderr)
     except SQLAlchemyError as exc:
         print(f"subledger: database error: {one_line(exc)}", file=sys.stderr)
     except RedisError as exc:

@@ -33,6 +33,7 @@ from typing import Any
 
 import requests
 
+from ledger.errors import SubledgerError
 from ledger.intake import partition_of
 from ledger.settings import load_settings
 from worker.local import ProcessGroup, local_system
@@ -67,7 +68,7 @@ DEMO_RULES = {
 and a `.env` in the working directory must not change what the demo shows."""
 
 
-class DemoError(RuntimeError):
+class DemoError(SubledgerError, RuntimeError):
     """The demo cannot go on; the message says why."""
 
 

@@ -19,11 +19,13 @@ from contextlib import contextmanager
 
 import redis
 
+from ledger.errors import SubledgerError
+
 PR_SET_PDEATHSIG = 1
 START_TIMEOUT_S = 10.0
 
 
-class EmbeddedRedisError(RuntimeError):
+class EmbeddedRedisError(SubledgerError, RuntimeError):
     """The embedded server could not be started."""
 
 
@@ -52,10 +54,10 @@ def _free_port() -> int:
 @contextmanager
 def embedded_redis() -> Iterator[str]:
     """Start a private server on a free loopback port; yield its URL; stop it."""
-    port = _free_port()
+    binary, port = _server_binary(), _free_port()
     workdir = tempfile.TemporaryDirectory(prefix="subledger-redis-")
     command = [
-        _server_binary(),
+        binary,
         "--bind", "127.0.0.1",
         "--port", str(port),
         "--save", "",

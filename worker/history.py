@@ -48,6 +48,7 @@ from sqlalchemy.orm import Session
 
 from ledger.db import Database, commit_without_waiting_for_disk, retrying_deadlocks, utcnow
 from ledger.engine import recompute_customers
+from ledger.errors import SubledgerError
 from ledger.history import (
     coupons_as_invoiced,
     invoice_fields,
@@ -102,7 +103,7 @@ AS_INVOICED = "discounts valued as invoiced"
 """The count of the history's discounts valued from the invoices that applied them."""
 
 
-class HistoryFailed(RuntimeError):
+class HistoryFailed(SubledgerError, RuntimeError):
     """The history process stopped; the message is its one-line reason."""
 
 

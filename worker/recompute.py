@@ -20,6 +20,7 @@ from ledger.engine import (
     settle_ties,
     tied_subscriptions,
 )
+from ledger.errors import SubledgerError
 from ledger.models import StripeObject, Subscription, WaitingCustomer
 from ledger.mrr import UnresolvedStripeObject
 from ledger.resolve import UnreadAppliesTo
@@ -38,7 +39,7 @@ WAITING_RETRY_BATCH = 100
 """Waiting customers the sweeper recomputes in one pass."""
 
 
-class MissingStripeObject(RuntimeError):
+class MissingStripeObject(SubledgerError, RuntimeError):
     """A referenced object is neither stored nor fetchable: the customer's ledger waits for it."""
 
     def __init__(self, message: str, *, object_id: str | None = None) -> None:

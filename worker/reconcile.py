@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 
 from ledger.db import Database, utcnow
 from ledger.engine import customer_snapshots
+from ledger.errors import SubledgerError
 from ledger.history import (
     CURRENT_SOURCE,
     Billed,
@@ -99,7 +100,7 @@ class _OnlyInvoicesValue(NoSuchObject):
     ledger's versions name a discount Stripe no longer has (there is no reading one by id)."""
 
 
-class CorrectionDidNotTake(RuntimeError):
+class CorrectionDidNotTake(SubledgerError, RuntimeError):
     """The ledger still differs from Stripe after the correcting version was stored."""
 
 

@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ledger.db import Database, utcnow
+from ledger.errors import SubledgerError
 from ledger.models import RunStatus, SyncCheckpoint, SyncRun
 
 log = logging.getLogger("subledger.runs")
@@ -33,7 +34,7 @@ NOTES_SHOWN = 3
 """Notes a run's summary line spells out; the log has each of them."""
 
 
-class RunRefused(RuntimeError):
+class RunRefused(SubledgerError, RuntimeError):
     """The run cannot start (another one is running, no API key, …); the message says why."""
 
 

@@ -25,6 +25,7 @@ from typing import Any, cast
 import stripe
 
 from ledger import jsoncodec
+from ledger.errors import SubledgerError
 from ledger.settings import Settings
 from worker.ratelimit import stripe_limiter
 
@@ -49,7 +50,7 @@ ITEM_EXPANSIONS = ("data.discounts", "data.price.tiers")
 """The same, for the items read from `/v1/subscription_items`."""
 
 
-class StripeUnavailable(RuntimeError):
+class StripeUnavailable(SubledgerError, RuntimeError):
     """Stripe could not be reached or refused the request; the message says why."""
 
 

