@@ -44,7 +44,7 @@ import threading
 import time
 from bisect import bisect_left, bisect_right
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -260,6 +260,8 @@ class Collection:
     render: Callable[[int], dict[str, Any]]
     id_of: Callable[[int], str]
     rank: Callable[[str], int | None]
+    raw: Callable[[int], dict[str, Any]] | None = None
+    """The object as kept, for filters (rendering copies it)."""
 
 
 class FakeStripe:
@@ -461,6 +463,7 @@ class FakeStripe:
             elif operator == "lte":
                 high = min(high, bisect_right(created, value))
         keep = self._filter(collection.name, query)
+        candidates = self._candidates(collection.name, query)
         after, before = query.scalars.get("starting_after"), query.scalars.get("ending_before")
         if after is not None and before is not None:
             raise StripeError(400, "You may only specify one of these parameters: starting_after, ending_before.")
@@ -468,22 +471,23 @@ class FakeStripe:
         if before is not None:
             cursor = self._cursor(collection, before, "ending_before")
             ranks: list[int] = []
-            rank = max(cursor + 1, low)
-            while rank < high and len(ranks) <= limit:
+            for rank in _ascending(candidates, max(cursor + 1, low), high):
+                if len(ranks) > limit:
+                    break
                 if keep is None or keep(rank):
                     ranks.append(rank)
-                rank += 1
             more = len(ranks) > limit
             page = sorted(ranks[:limit], reverse=True)
         else:
-            rank = high - 1
+            top = high - 1
             if after is not None:
-                rank = min(rank, self._cursor(collection, after, "starting_after") - 1)
+                top = min(top, self._cursor(collection, after, "starting_after") - 1)
             page = []
-            while rank >= low and len(page) <= limit:
+            for rank in _descending(candidates, top, low):
+                if len(page) > limit:
+                    break
                 if keep is None or keep(rank):
                     page.append(rank)
-                rank -= 1
             more = len(page) > limit
             page = page[:limit]
         return {
@@ -492,6 +496,10 @@ class FakeStripe:
             "has_more": more,
             "url": url,
         }
+
+    def _candidates(self, kind: str, query: Query) -> Sequence[int] | None:
+        """Ascending ranks that may match the query's filters (None: any); `_filter` still decides."""
+        return None
 
     def _cursor(self, collection: Collection, object_id: str, param: str) -> int:
         rank = collection.rank(object_id)
@@ -673,6 +681,28 @@ class FakeStripe:
         return value
 
 
+def _ascending(candidates: Sequence[int] | None, start: int, stop: int) -> Iterator[int]:
+    """Ranks from `start` up to `stop` (excluded): all of them, or the candidates among them."""
+    if candidates is None:
+        yield from range(start, stop)
+        return
+    for position in range(bisect_left(candidates, start), len(candidates)):
+        if candidates[position] >= stop:
+            return
+        yield candidates[position]
+
+
+def _descending(candidates: Sequence[int] | None, start: int, stop: int) -> Iterator[int]:
+    """Ranks from `start` down to `stop` (included): all of them, or the candidates among them."""
+    if candidates is None:
+        yield from range(start, stop - 1, -1)
+        return
+    for position in range(bisect_right(candidates, start) - 1, -1, -1):
+        if candidates[position] < stop:
+            return
+        yield candidates[position]
+
+
 def _catalog(
     name: str, objects: Sequence[dict[str, Any]], served: Callable[[dict[str, Any]], dict[str, Any]] = dict
 ) -> Collection:
@@ -689,6 +719,7 @@ def _catalog(
         lambda rank: served(ordered[rank]),
         lambda rank: str(ordered[rank]["id"]),
         by_id.get,
+        ordered.__getitem__,
     )
 
 
@@ -806,6 +837,23 @@ class AccountStripe(FakeStripe):
         self.collections = {kind: _catalog(kind, objects.get(kind, []), self._served) for kind in kinds}
         self.collections["events"] = _catalog("events", kept)
         self.collections["subscription_items"] = _catalog("subscription_items", items)
+        # The filters a whole-account replay asks thousands of times (a subscription's invoices, a
+        # customer's pending items): ranks by value, so a request reads its own objects, not the list.
+        self.index: dict[tuple[str, str], dict[str, list[int]]] = {}
+        for kind, name, value_of in (
+            ("subscriptions", "customer", lambda obj: obj.get("customer")),
+            ("invoices", "customer", lambda obj: obj.get("customer")),
+            ("invoices", "subscription", _invoice_subscription),
+            ("invoiceitems", "customer", lambda obj: obj.get("customer")),
+            ("subscription_items", "subscription", lambda obj: obj.get("subscription")),
+        ):
+            collection, ranks = self.collections[kind], dict[str, list[int]]()
+            assert collection.raw is not None
+            for rank in range(collection.count):
+                value = value_of(collection.raw(rank))
+                if isinstance(value, str):
+                    ranks.setdefault(value, []).append(rank)
+            self.index[(kind, name)] = ranks
         self.account_object = {
             "id": "acct_replay0000001",
             "object": "account",
@@ -833,11 +881,21 @@ class AccountStripe(FakeStripe):
             served["lines"] = {**lines, "data": data[:LINES_EMBEDDED], "has_more": len(data) > LINES_EMBEDDED}
         return served
 
+    def _candidates(self, kind: str, query: Query) -> Sequence[int] | None:
+        found: Sequence[int] | None = None
+        for (indexed, name), ranks in self.index.items():
+            value = query.scalars.get(name)
+            if indexed == kind and value is not None:
+                own = ranks.get(value, [])
+                found = own if found is None or len(own) < len(found) else found
+        return found
+
     def _filter(self, kind: str, query: Query) -> Callable[[int], bool] | None:
         collection = self.collections[kind]
+        raw = collection.raw or collection.render
 
         def field(rank: int, name: str) -> Any:
-            return collection.render(rank).get(name)
+            return raw(rank).get(name)
 
         customer = query.scalars.get("customer")
         if kind == "subscriptions":
@@ -859,7 +917,7 @@ class AccountStripe(FakeStripe):
             return lambda rank: (
                 (status is None or field(rank, "status") == status)
                 and (customer is None or field(rank, "customer") == customer)
-                and (sub is None or _invoice_subscription(collection.render(rank)) == sub)
+                and (sub is None or _invoice_subscription(raw(rank)) == sub)
             )
         if kind == "events":
             types = set(query.types) | ({query.scalars["type"]} if "type" in query.scalars else set())
