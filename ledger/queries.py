@@ -40,8 +40,9 @@ def movements_page(
     customer: str | None = None,
     limit: int = 100,
     cursor: str | None = None,
+    newest_first: bool = True,
 ) -> MovementPage:
-    """Movements oldest first, keyset-paged on (day, id)."""
+    """Movements newest first (or oldest first), keyset-paged on (day, id)."""
     query = select(Movement).where(Movement.livemode == livemode)
     if start is not None:
         query = query.where(Movement.day >= start)
@@ -53,8 +54,12 @@ def movements_page(
         query = query.where(Movement.customer_id == customer)
     if cursor is not None:
         day, movement_id = decode_cursor(cursor)
-        query = query.where(or_(Movement.day > day, and_(Movement.day == day, Movement.id > movement_id)))
-    rows = list(session.scalars(query.order_by(Movement.day, Movement.id).limit(limit + 1)))
+        if newest_first:
+            query = query.where(or_(Movement.day < day, and_(Movement.day == day, Movement.id < movement_id)))
+        else:
+            query = query.where(or_(Movement.day > day, and_(Movement.day == day, Movement.id > movement_id)))
+    order = (Movement.day.desc(), Movement.id.desc()) if newest_first else (Movement.day, Movement.id)
+    rows = list(session.scalars(query.order_by(*order).limit(limit + 1)))
     more = len(rows) > limit
     rows = rows[:limit]
     return MovementPage(rows, encode_cursor(rows[-1]) if more and rows else None)

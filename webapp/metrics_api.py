@@ -148,7 +148,8 @@ def _movement(movement: Movement, reporting_currency: str) -> dict[str, Any]:
 
 @bp.get("/movements")
 def movements() -> ResponseReturnValue:
-    """Movements oldest first, filtered, paged with `next_cursor`."""
+    """Movements newest first (`order=oldest`: oldest first), filtered, paged with `next_cursor`."""
+    order = _choice("order", ("newest", "oldest"), "newest")
     types = [t for t in request.args.get("type", "").split(",") if t]
     for kind in types:
         if kind not in MOVEMENT_TYPES:
@@ -168,6 +169,7 @@ def movements() -> ResponseReturnValue:
                 customer=_customer_id(request.args["customer"], "customer") if request.args.get("customer") else None,
                 limit=limit,
                 cursor=cursor,
+                newest_first=order == "newest",
             )
         except ValueError:
             abort(400, description="cursor is not one this API gave out")

@@ -101,6 +101,10 @@ def test_movements_are_paged_with_a_cursor(db: Database) -> None:
         churns = movements_page(session, livemode=False, types=["churn"]).movements
     assert len(seen) == len(set(seen)) == 6
     assert [(m.customer_id, m.amount) for m in churns] == [("cus_b", -20000)]
+    with db.session() as session:
+        newest = [(m.day, m.id) for m in movements_page(session, livemode=False).movements]
+        oldest = [(m.day, m.id) for m in movements_page(session, livemode=False, newest_first=False).movements]
+    assert newest == sorted(newest, reverse=True) == oldest[::-1]
 
 
 def test_a_two_currency_account_is_summed_in_the_reporting_currency(db: Database) -> None:

@@ -238,13 +238,13 @@ def test_plans_show_mrr_by_product_and_price(user: FlaskClient, seeded: Seeded) 
 @pytest.mark.parametrize(
     ("query", "customers"),
     [
-        ("type=churn", ["cus_bob", "cus_erin"]),
-        ("type=churn&type=contraction", ["cus_bob", "cus_erin", "cus_carol"]),
+        ("type=churn", ["cus_erin", "cus_bob"]),
+        ("type=churn&type=contraction", ["cus_carol", "cus_erin", "cus_bob"]),
         ("customer=cus_carol", ["cus_carol", "cus_carol"]),
         ("type=new&customer=cus_nobody", []),
     ],
 )
-def test_movements_filter(user: FlaskClient, seeded: Seeded, query: str, customers: list[str]) -> None:
+def test_movements_filter_newest_first(user: FlaskClient, seeded: Seeded, query: str, customers: list[str]) -> None:
     html = user.get(f"/movements?{query}").text
     listed = re.findall(r'<td><a href="/customers/(cus_\w+)">', html)
     assert listed == customers

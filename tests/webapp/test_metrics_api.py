@@ -95,10 +95,15 @@ def test_movements_filter_page_and_trace(seeded: FlaskClient) -> None:
     )
     assert (churn["mrr_before"], churn["mrr_after"], churn["date"]) == (20000, 0, "2024-03-20")
     assert churn["sources"] == ["evt_sub_b_0320"]
-    first = get(seeded, "/api/v1/movements?limit=4").get_json()
-    rest = get(seeded, f"/api/v1/movements?limit=4&cursor={first['next_cursor']}").get_json()
-    assert len(first["data"]) + len(rest["data"]) == 6 and rest["next_cursor"] is None
-    assert {m["id"] for m in first["data"]}.isdisjoint(m["id"] for m in rest["data"])
+    pages = {}
+    for order in ("", "&order=newest", "&order=oldest"):
+        first = get(seeded, f"/api/v1/movements?limit=4{order}").get_json()
+        rest = get(seeded, f"/api/v1/movements?limit=4{order}&cursor={first['next_cursor']}").get_json()
+        assert len(first["data"]) + len(rest["data"]) == 6 and rest["next_cursor"] is None
+        assert {m["id"] for m in first["data"]}.isdisjoint(m["id"] for m in rest["data"])
+        pages[order] = [(m["date"], m["id"]) for m in first["data"] + rest["data"]]
+    assert pages[""] == pages["&order=newest"] == sorted(pages["&order=oldest"], reverse=True), "newest by default"
+    assert pages["&order=oldest"] == sorted(pages["&order=oldest"])
 
 
 @pytest.mark.parametrize(
@@ -108,6 +113,7 @@ def test_movements_filter_page_and_trace(seeded: FlaskClient) -> None:
         ("limit=0", "limit must be a whole number from 1 to 1000"),
         ("limit=abc", "limit must be a whole number from 1 to 1000"),
         ("cursor=garbage", "cursor is not one this API gave out"),
+        ("order=random", "order must be one of newest, oldest"),
         ("customer=x&start=2024-02-30", "start must be a date, YYYY-MM-DD (or YYYY-MM)"),
     ],
 )
