@@ -95,13 +95,19 @@ def _points(series: Series) -> list[dict[str, Any]]:
 
 @bp.get("/mrr")
 def mrr() -> ResponseReturnValue:
-    """MRR at the end of each day, week or month, with the movements that made it."""
+    """MRR at the end of each day, week or month, with the movements that made it; up to today unless
+    `future=true` (the future holds only what is already scheduled)."""
     today = utcnow().date()
+    future = _choice("future", ("true", "false"), "false") == "true"
     end = _day("end") or today
     start = _day("start") or (end.replace(day=1) - timedelta(days=365)).replace(day=1)
     interval: Interval = _choice("interval", ("day", "week", "month"), "month")  # type: ignore[assignment]
     if start > end:
         abort(400, description="start must not be after end")
+    if not future:
+        if start > today:
+            abort(400, description=f"start is after today ({today.isoformat()}): add future=true to ask for it")
+        end = min(end, today)
     if interval == "day" and (end - start).days >= MAX_POINTS:
         abort(400, description=f"start to end spans more than {MAX_POINTS} days: use interval=week or month")
     found = services()

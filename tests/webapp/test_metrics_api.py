@@ -12,7 +12,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from ledger.db import Database
+from ledger.db import Database, utcnow
 from ledger.settings import Settings
 from tests.ledger.sample_account import account
 
@@ -54,6 +54,18 @@ def test_mrr_monthly_points(seeded: FlaskClient) -> None:
     )
 
 
+def test_mrr_stops_at_today_unless_the_future_is_asked_for(seeded: FlaskClient) -> None:
+    today = utcnow().date()
+    body = get(seeded, "/api/v1/mrr?interval=month&start=2000-01-01&end=2100-01-01").get_json()
+    dates = [point["date"] for point in body["points"]]
+    assert dates[-1] == today.isoformat() and len(dates) == (today.year - 2000) * 12 + today.month
+    ahead = get(seeded, "/api/v1/mrr?interval=month&start=2000-01-01&end=2100-01-01&future=true").get_json()
+    assert len(ahead["points"]) == 1201 and ahead["points"][-1]["date"] == "2100-01-01"
+    response = get(seeded, "/api/v1/mrr?start=2099-01-01&end=2099-12-31")
+    assert response.status_code == 400
+    assert response.get_json()["error"].startswith("start is after today (")
+
+
 def test_mrr_daily_and_csv(seeded: FlaskClient) -> None:
     body = get(seeded, "/api/v1/mrr?start=2024-03-01&end=2024-03-31&interval=day").get_json()
     assert len(body["points"]) == 31
@@ -76,6 +88,7 @@ def test_mrr_daily_and_csv(seeded: FlaskClient) -> None:
             "start to end spans more than 2000 days: use interval=week or month",
         ),
         ("format=xml", "format must be json or csv"),
+        ("future=yes", "future must be one of true, false"),
         ("start=1%27%20OR%201%3D1--", "start must be a date, YYYY-MM-DD (or YYYY-MM)"),
     ],
 )
