@@ -7,6 +7,7 @@ exact fractions; a rate whose denominator is 0 is None.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from fractions import Fraction
@@ -53,8 +54,13 @@ class MonthFigures:
     scheduled_churn: int
     trials_ended: int
     trials_converted: int
-    monthly_churn_rates: tuple[Fraction | None, ...]
-    """Customer churn rates of the LTV window's months, oldest first."""
+    churn_window: tuple[tuple[int, int] | None, ...]
+    """(churned customers, customers at the start) of each month of the LTV window, oldest first; None for a
+    month without a row."""
+
+    @property
+    def monthly_churn_rates(self) -> list[Fraction | None]:
+        return [metrics.customer_churn_rate(*month) if month is not None else None for month in self.churn_window]
 
 
 def month_figures(session: Session, *, livemode: bool, month: date, currency: str, today: date) -> MonthFigures:
@@ -72,11 +78,11 @@ def month_figures(session: Session, *, livemode: bool, month: date, currency: st
     }
     found = rows.get(month)
     sums = {name: int(getattr(found, name)) if found is not None else 0 for name in ACCOUNT_SUMS}
-    churn_rates = tuple(
-        metrics.customer_churn_rate(row.churned_customers, row.customers_start) if row is not None else None
+    churn_window = tuple(
+        (int(row.churned_customers), int(row.customers_start)) if row is not None else None
         for row in (rows.get(m) for m in window)
     )
-    return MonthFigures(month=month, currency=currency, monthly_churn_rates=churn_rates, **sums)
+    return MonthFigures(month=month, currency=currency, churn_window=churn_window, **sums)
 
 
 def _ltv_window(month: date, today: date) -> list[date]:
@@ -122,7 +128,7 @@ def kpis(figures: MonthFigures) -> dict[str, object]:
         "nrr": metrics.nrr(f.nrr_numerator, f.mrr_start),
         "grr": metrics.grr(f.grr_numerator, f.mrr_start),
         "quick_ratio": metrics.quick_ratio(f.new, f.expansion, f.reactivation, f.contraction, f.churn),
-        "ltv": metrics.ltv(arpa, list(f.monthly_churn_rates)),
+        "ltv": metrics.ltv(arpa, f.monthly_churn_rates),
         "trial_conversion_rate": metrics.trial_conversion_rate(f.trials_converted, f.trials_ended),
         "scheduled_churn": f.scheduled_churn,
     }
@@ -193,9 +199,15 @@ def _converted(figures: list[MonthFigures], rates: RateTable, reporting_currency
         nrr_numerator=opening("nrr_numerator"),
         grr_numerator=opening("grr_numerator"),
         scheduled_churn=closing("scheduled_churn"),
-        monthly_churn_rates=figures[0].monthly_churn_rates,
+        churn_window=tuple(_summed(months) for months in zip(*(f.churn_window for f in figures), strict=True)),
         **counts,
     )
+
+
+def _summed(months: Sequence[tuple[int, int] | None]) -> tuple[int, int] | None:
+    """One window month of several currencies: their churned customers and customers at the start, summed."""
+    known = [month for month in months if month is not None]
+    return (sum(churned for churned, _ in known), sum(start for _, start in known)) if known else None
 
 
 class MissingRates(SubledgerError, LookupError):

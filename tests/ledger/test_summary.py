@@ -128,6 +128,8 @@ def test_a_two_currency_account_is_summed_in_the_reporting_currency(db: Database
         )
     assert (march["currency"], march["mrr_start"], march["mrr"]) == ("usd", 30000 + 11000, 23000 + 12000)
     assert march["customers"] == 4
+    # February 0 of 2 churned, March 1 of 3: every currency's customers count in the LTV's churn rate.
+    assert march["ltv"] == 35000 // 4 * 6
     assert march["fx_adjustment"] == 1000  # €100 at 1.10 then 1.20: what the rate moved, not a movement
     assert march["mrr"] == march["mrr_start"] + march["net_new"] + march["fx_adjustment"]
     assert [(s["currency"], s["mrr"]) for s in separate] == [("usd", 23000), ("eur", 10000)]
