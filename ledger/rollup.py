@@ -79,15 +79,26 @@ def _trials(
 ) -> list[tuple[str | None, date, bool]]:
     """(currency, month the trial ended, converted?) for every subscription whose trial ended by now.
 
-    Converted: the subscription was worth more than 0 once its trial ended.
+    A trial ends when the subscription stops trialing (§8): at its `trial_end`, or earlier when a version
+    after a trialing one is no longer trialing (canceled, paused, expired while trialing). Converted:
+    the subscription was worth more than 0 once its trial ended.
     """
     trial_ends: dict[str, datetime] = {}
+    stopped: dict[str, datetime] = {}
+    trialing: set[str] = set()
     for snapshot in sorted(snapshots, key=lambda s: (s.observed_at, s.rank)):
+        subscription_id = snapshot.subscription_id
         value = snapshot.subscription.get("trial_end")
         if isinstance(value, int):
-            trial_ends[snapshot.subscription_id] = datetime.fromtimestamp(value, UTC)
+            trial_ends[subscription_id] = datetime.fromtimestamp(value, UTC)
+        if snapshot.subscription.get("status") == "trialing":
+            trialing.add(subscription_id)
+            stopped.pop(subscription_id, None)  # a trial extended or begun again
+        elif subscription_id in trialing:
+            stopped.setdefault(subscription_id, snapshot.observed_at)
     trials = []
-    for subscription_id, ended in trial_ends.items():
+    for subscription_id, trial_end in trial_ends.items():
+        ended = min(trial_end, stopped.get(subscription_id, trial_end))
         if ended > now:
             continue
         after = [c for c in changes if c.subscription_id == subscription_id and c.at >= ended]

@@ -156,3 +156,35 @@ def test_a_missing_rate_is_named_not_assumed(db: Database) -> None:
             today=NOW.date(),
         )
     assert missing.value.missing == [("gbp", date(2024, 2, 29))]
+
+
+def test_a_trial_canceled_before_its_trial_end_ends_when_it_is_canceled(db: Database) -> None:
+    """§8: a trial ends when the subscription stops trialing. Canceled on 20 January, a trial that would
+    have ended on 5 February ended in January, unconverted; one that ran to its end on 10 February and
+    became active converted in February."""
+    trial = {"status": "trialing", "trial_start": utc(1, 6), "trial_end": utc(2, 5)}
+    canceled = subscription(item(price(3000)), start=utc(1, 6), customer="cus_t", sub_id="sub_t", **trial)
+    ran = {**trial, "trial_end": utc(2, 10)}
+    converted = subscription(item(price(4000)), start=utc(1, 6), customer="cus_u", sub_id="sub_u", **ran)
+    with db.transaction() as session:
+        record_subscription(session, canceled, observed_at=utc(1, 6), source="evt_t1")
+        record_subscription(
+            session,
+            {
+                **canceled,
+                "status": "canceled",
+                "canceled_at": int(utc(1, 20).timestamp()),
+                "ended_at": int(utc(1, 20).timestamp()),
+            },
+            observed_at=utc(1, 20),
+            source="evt_t2",
+        )
+        record_subscription(session, converted, observed_at=utc(1, 6), source="evt_u1")
+        record_subscription(session, {**converted, "status": "active"}, observed_at=utc(2, 10), source="evt_u2")
+        recompute_customers(session, ["cus_t", "cus_u"], RuleSettings(), now=NOW)
+        trials = {
+            month: (f.trials_ended, f.trials_converted)
+            for month in (date(2024, 1, 1), date(2024, 2, 1))
+            for f in [month_figures(session, livemode=False, month=month, currency="usd", today=NOW.date())]
+        }
+    assert trials == {date(2024, 1, 1): (1, 0), date(2024, 2, 1): (1, 1)}
