@@ -80,6 +80,13 @@ class Cohort:
 def cohorts(session: Session, *, livemode: bool, currency: str, start: date, end: date) -> list[Cohort]:
     """The cohort grid for cohorts first paying in [start, end], followed up to `end`."""
     rows = CustomerMonthly
+    cohort_rows = (
+        rows.livemode == livemode,
+        rows.currency == currency,
+        rows.first_paid_month >= start,
+        rows.first_paid_month <= end,
+        rows.month <= end,
+    )
     cells: dict[tuple[date, date], tuple[int, int]] = {}
     for cohort_month, month, paying, revenue in session.execute(
         select(
@@ -88,25 +95,28 @@ def cohorts(session: Session, *, livemode: bool, currency: str, start: date, end
             func.count(func.distinct(case((rows.mrr > 0, rows.customer_id), else_=None))),
             func.coalesce(func.sum(case((rows.mrr > 0, rows.mrr), else_=0)), 0),
         )
-        .where(
-            rows.livemode == livemode,
-            rows.currency == currency,
-            rows.first_paid_month >= start,
-            rows.first_paid_month <= end,
-            rows.month <= end,
-        )
+        .where(*cohort_rows)
         .group_by(rows.first_paid_month, rows.month)
     ):
         cells[(cohort_month, month)] = (int(paying), int(revenue))
+    # A cohort's customers: every customer whose first paying month it is, paying at its end or not (one
+    # who joined and left within it counts), so no later month can retain more than the cohort holds.
+    sizes = dict(
+        session.execute(
+            select(rows.first_paid_month, func.count(func.distinct(rows.customer_id)))
+            .where(*cohort_rows)
+            .group_by(rows.first_paid_month)
+        ).all()
+    )
     months = sorted({month for _, month in cells} | {cohort for cohort, _ in cells})
     grid = []
     for cohort_month in sorted({cohort for cohort, _ in cells}):
         later = [m for m in months if m >= cohort_month]
-        customers, revenue = cells.get((cohort_month, cohort_month), (0, 0))
+        revenue = cells.get((cohort_month, cohort_month), (0, 0))[1]
         grid.append(
             Cohort(
                 cohort_month,
-                customers,
+                int(sizes.get(cohort_month, 0)),
                 revenue,
                 [cells.get((cohort_month, m), (0, 0))[0] for m in later],
                 [cells.get((cohort_month, m), (0, 0))[1] for m in later],

@@ -85,6 +85,31 @@ def test_cohorts_group_customers_by_first_paying_month(db: Database) -> None:
     }
 
 
+def test_a_cohort_counts_a_customer_who_left_within_its_month_so_retention_stays_at_most_100_percent(
+    db: Database,
+) -> None:
+    from ledger.queries import cohorts
+
+    account(db)
+    gone = subscription(item(price(4000)), start=utc(3, 3), customer="cus_r", sub_id="sub_r1")
+    back = subscription(item(price(4000)), start=utc(5, 2), customer="cus_r", sub_id="sub_r2")
+    with db.transaction() as session:
+        record_subscription(session, gone, observed_at=utc(3, 3), source="evt_r1")
+        ended = {
+            "status": "canceled",
+            "canceled_at": int(utc(3, 25).timestamp()),
+            "ended_at": int(utc(3, 25).timestamp()),
+        }
+        record_subscription(session, {**gone, **ended}, observed_at=utc(3, 25), source="evt_r2")
+        record_subscription(session, back, observed_at=utc(5, 2), source="evt_r3")
+        recompute_customers(session, ["cus_r"], RuleSettings(), now=NOW)
+        [march] = [
+            c for c in cohorts(session, livemode=False, currency="usd", start=date(2024, 3, 1), end=date(2024, 5, 1))
+        ]
+    assert (march.customers, march.retained_customers) == (3, [2, 2, 3])
+    assert all(retained <= march.customers for retained in march.retained_customers)
+
+
 def test_movements_are_paged_with_a_cursor(db: Database) -> None:
     from ledger.queries import movements_page
 
