@@ -250,6 +250,15 @@ def test_movements_filter_newest_first(user: FlaskClient, seeded: Seeded, query:
     assert listed == customers
 
 
+def test_movements_name_the_customer_first_and_its_id_second(user: FlaskClient, seeded: Seeded, db: Database) -> None:
+    with db.transaction() as session:
+        session.execute(update(Customer).where(Customer.id == "cus_bob").values(name="Bob's Bakery"))
+        session.execute(update(Customer).where(Customer.id == "cus_erin").values(name=None))
+    html = user.get("/movements?type=churn").text
+    assert '<a href="/customers/cus_bob">Bob&#39;s Bakery</a> <span class="sub">cus_bob</span>' in html
+    assert '<a href="/customers/cus_erin">cus_erin</a><' in html, "no name: the id alone"
+
+
 def test_movements_filter_by_dates(user: FlaskClient, seeded: Seeded) -> None:
     first = seeded.months[3]
     html = user.get(f"/movements?start={first}&end={first.replace(day=28)}").text

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from flask import abort, render_template, request
 from flask.typing import ResponseReturnValue
+from sqlalchemy import select
 
+from ledger.models import Customer
 from ledger.queries import decode_cursor, movements_page
 from ledger.reporting import MOVEMENT_TYPES
 from webapp.dashboard import params
@@ -43,11 +45,16 @@ def movements() -> ResponseReturnValue:
             limit=PAGE_SIZE,
             cursor=cursor,
         )
+        ids = {movement.customer_id for movement in page.movements}
+        names = {
+            row.id: row.name for row in session.execute(select(Customer.id, Customer.name).where(Customer.id.in_(ids)))
+        }
     filters = {key: values for key, values in request.args.to_dict(flat=False).items() if key != "cursor"}
     return render_template(
         "dashboard/movements.html",
         view=view,
         page=page,
+        names={customer_id: name for customer_id, name in names.items() if name},
         types=MOVEMENT_TYPES,
         chosen=types,
         customer=customer,
