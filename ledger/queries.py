@@ -3,7 +3,7 @@ cohorts and one customer's story. All in SQL, paged where lists grow."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -11,7 +11,15 @@ from typing import Any
 from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.orm import Session
 
-from ledger.models import Customer, CustomerMonthly, Movement, Subscription, SubscriptionChange, SyncRun
+from ledger.models import (
+    Customer,
+    CustomerMonthly,
+    Movement,
+    StripeObject,
+    Subscription,
+    SubscriptionChange,
+    SyncRun,
+)
 
 
 @dataclass(frozen=True)
@@ -146,6 +154,11 @@ def customer_story(session: Session, customer_id: str, *, now: datetime) -> Cust
         {"date": m.day.isoformat(), "currency": m.currency, "mrr": m.mrr_after, "type": m.type} for m in movements
     ]
     subscriptions = []
+
+    def stored(object_id: Any) -> dict[str, Any]:
+        found = session.get(StripeObject, object_id) if isinstance(object_id, str) else None
+        return dict(found.payload) if found is not None else {}
+
     for subscription in session.scalars(
         select(Subscription).where(Subscription.customer_id == customer_id).order_by(Subscription.id)
     ):
@@ -166,16 +179,35 @@ def customer_story(session: Session, customer_id: str, *, now: datetime) -> Cust
                 "cancel_at_period_end": bool(subscription.payload.get("cancel_at_period_end")),
                 "observed_at": subscription.observed_at,
                 "items": [
-                    {
-                        "price": (item.get("price") or item.get("plan") or {}).get("id"),
-                        "product": (item.get("price") or item.get("plan") or {}).get("product"),
-                        "quantity": item.get("quantity"),
-                    }
-                    for item in (subscription.payload.get("items") or {}).get("data") or []
+                    item_view(item, stored) for item in (subscription.payload.get("items") or {}).get("data") or []
                 ],
             }
         )
     return CustomerStory(customer, subscriptions, movements, timeline)
+
+
+INTERVAL_WORDS = {"day": "daily", "week": "weekly", "month": "monthly", "year": "yearly"}
+
+
+def item_view(item: Mapping[str, Any], stored: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    """A subscription item as people read it: `Team ×5 monthly` (product name, price nickname, quantity,
+    interval), with the ids it comes from."""
+    price = item.get("price") or item.get("plan") or {}
+    if isinstance(price, str):
+        price = stored(price) or {"id": price}
+    product = price.get("product")
+    product_id = product.get("id") if isinstance(product, Mapping) else product
+    product_name = (product if isinstance(product, Mapping) else stored(product_id)).get("name")
+    recurring: Mapping[str, Any] = price.get("recurring") or price
+    interval, count = recurring.get("interval"), recurring.get("interval_count") or 1
+    quantity = item.get("quantity")
+    nickname = price.get("nickname")
+    label = " ".join(str(part) for part in dict.fromkeys((product_name, nickname)) if part) or str(price.get("id"))
+    if quantity not in (None, 1):
+        label += f" ×{quantity}"
+    if interval:
+        label += f" {INTERVAL_WORDS.get(interval, interval)}" if count == 1 else f" every {count} {interval}s"
+    return {"price": price.get("id"), "product": product_id, "quantity": quantity, "label": label}
 
 
 def latest_runs(session: Session, *, kind: str | None = None, limit: int = 10) -> list[SyncRun]:

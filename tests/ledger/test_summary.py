@@ -213,3 +213,34 @@ def test_a_trial_canceled_before_its_trial_end_ends_when_it_is_canceled(db: Data
             for f in [month_figures(session, livemode=False, month=month, currency="usd", today=NOW.date())]
         }
     assert trials == {date(2024, 1, 1): (1, 0), date(2024, 2, 1): (1, 1)}
+
+
+@pytest.mark.parametrize(
+    ("item", "label"),
+    [
+        (
+            {"price": {"id": "price_t", "nickname": "Team", "recurring": {"interval": "month"}}, "quantity": 5},
+            "Team ×5 monthly",
+        ),
+        (
+            {"price": {"id": "price_q", "recurring": {"interval": "month", "interval_count": 3}}, "quantity": 1},
+            "price_q every 3 months",
+        ),
+        (
+            {
+                "plan": {
+                    "id": "plan_y",
+                    "nickname": "Pro",
+                    "interval": "year",
+                    "product": {"id": "prod_p", "name": "Pro"},
+                }
+            },
+            "Pro yearly",
+        ),
+    ],
+    ids=["nickname, quantity", "no names: the id", "2020 plan, product expanded"],
+)
+def test_an_item_reads_as_product_price_quantity_and_interval(item: dict[str, object], label: str) -> None:
+    from ledger.queries import item_view
+
+    assert item_view(item, lambda object_id: {})["label"] == label

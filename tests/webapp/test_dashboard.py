@@ -259,6 +259,19 @@ def test_movements_name_the_customer_first_and_its_id_second(user: FlaskClient, 
     assert '<a href="/customers/cus_erin">cus_erin</a><' in html, "no name: the id alone"
 
 
+@pytest.mark.parametrize(
+    ("customer", "items"),
+    [("cus_alice", ["Platinum monthly"]), ("cus_carol", ["Basic Starter monthly"])],
+)
+def test_a_customers_items_read_as_product_price_quantity_and_interval_with_their_ids_beside(
+    user: FlaskClient, seeded: Seeded, customer: str, items: list[str]
+) -> None:
+    html = user.get(f"/customers/{customer}").text
+    shown = re.findall(r'<span data-item="(\w+)">(.*?) <span class="sub">(\w+)</span></span>', html)
+    assert [label for _, label, _ in shown] == items
+    assert all(price_id == shown_id for price_id, _, shown_id in shown)
+
+
 def test_movements_filter_by_dates(user: FlaskClient, seeded: Seeded) -> None:
     first = seeded.months[3]
     html = user.get(f"/movements?start={first}&end={first.replace(day=28)}").text
