@@ -21,6 +21,7 @@ from ledger import migrate
 from ledger.db import Database
 from ledger.models import Base
 from ledger.settings import Settings, load_settings
+from tests.openapi_check import ValidatingClient
 from tests.stripe_payloads import WEBHOOK_SECRET
 from webapp import create_app
 
@@ -110,6 +111,7 @@ def make_app(redis: Redis) -> Iterator[Callable[[Settings], Flask]]:
     def make(settings: Settings) -> Flask:
         app = create_app(settings)
         app.config["TESTING"] = True
+        app.test_client_class = ValidatingClient  # every API answer a test receives is checked against OpenAPI
         apps.append(app)
         return app
 

@@ -8,7 +8,7 @@ from flask import Flask
 
 from ledger.logs import configure_logging
 from ledger.settings import ConfigError, Settings, load_settings
-from webapp import api, dashboard, errors, health, metrics, metrics_api, services, webhooks
+from webapp import api, dashboard, errors, health, metrics, metrics_api, openapi, services, webhooks
 
 MAX_BODY_BYTES = 1024 * 1024
 """Largest request body accepted (Stripe events are far smaller)."""
@@ -32,6 +32,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     health.init_app(app)
     api.init_app(app)
     metrics_api.init_app(app)
+    openapi.init_app(app)
     metrics.init_app(app)
     dashboard.init_app(app)
     return app
