@@ -55,6 +55,11 @@ def month_of(day: date) -> date:
     return day.replace(day=1)
 
 
+def month_text(month: date) -> str:
+    """YYYY-MM, four digits of year always (`strftime("%Y")` gives `669` for the year 669)."""
+    return f"{month.year:04d}-{month.month:02d}"
+
+
 def next_month(month: date) -> date:
     return date(month.year + month.month // 12, month.month % 12 + 1, 1)
 

@@ -20,7 +20,7 @@ from ledger.errors import SubledgerError
 from ledger.fx import RateTable, convert
 from ledger.models import AccountMonth, CustomerMonthly, DailyTotal
 from ledger.reporting import mrr_series
-from ledger.rollup import ACCOUNT_SUMS, next_month
+from ledger.rollup import ACCOUNT_SUMS, month_text, next_month
 
 LTV_MONTHS = 6
 """LTV divides by the average customer churn rate of this many full months."""
@@ -99,7 +99,7 @@ def kpis(figures: MonthFigures) -> dict[str, object]:
     f = figures
     arpa = metrics.arpa(f.mrr, f.customers)
     return {
-        "month": f.month.strftime("%Y-%m"),
+        "month": month_text(f.month),
         "currency": f.currency,
         "mrr_start": f.mrr_start,
         "mrr": f.mrr,
@@ -225,7 +225,7 @@ class MonthNotStarted(SubledgerError, ValueError):
     """A summary was asked for a month after today's: nothing has happened in it yet."""
 
     def __init__(self, month: date, today: date) -> None:
-        super().__init__(f"{month:%Y-%m} has not started (today is {today.isoformat()})")
+        super().__init__(f"{month_text(month)} has not started (today is {today.isoformat()})")
 
 
 def account_summary(

@@ -21,6 +21,7 @@ from ledger.models import Movement
 from ledger.queries import cohorts as cohort_grid
 from ledger.queries import customer_story, movements_page
 from ledger.reporting import MOVEMENT_TYPES, Interval, Series, mrr_series
+from ledger.rollup import month_text
 from ledger.summary import MissingRates, MonthNotStarted, account_currencies, account_summary, default_livemode
 from webapp.api import csv_response, iso, wants_csv, whole_number
 from webapp.auth import require_api_token
@@ -213,10 +214,12 @@ def summary() -> ResponseReturnValue:
             )
     rows = [{key: _plain(value) for key, value in s.items()} for s in summaries]
     if wants_csv():
-        return csv_response(list(rows[0]), ([*row.values()] for row in rows), filename=f"summary-{month:%Y-%m}.csv")
+        return csv_response(
+            list(rows[0]), ([*row.values()] for row in rows), filename=f"summary-{month_text(month)}.csv"
+        )
     if len(rows) == 1 and not missing:
         return jsonify(rows[0])
-    return jsonify(month=f"{month:%Y-%m}", currency=None, by_currency=rows, missing_rates=missing)
+    return jsonify(month=month_text(month), currency=None, by_currency=rows, missing_rates=missing)
 
 
 @bp.get("/cohorts")
@@ -237,7 +240,7 @@ def cohorts() -> ResponseReturnValue:
         grid = cohort_grid(session, livemode=livemode, currency=currency, start=start, end=end)
     result: list[dict[str, Any]] = [
         {
-            "month": f"{cohort.month:%Y-%m}",
+            "month": month_text(cohort.month),
             "customers": cohort.customers,
             "revenue": cohort.revenue,
             "retention": [

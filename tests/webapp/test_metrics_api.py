@@ -191,6 +191,11 @@ def test_summary_of_an_empty_account_has_null_rates(client: FlaskClient, db: Dat
     )
 
 
+def test_a_month_before_the_year_1000_keeps_four_digits(seeded: FlaskClient) -> None:
+    """strftime("%Y") writes the year 669 as `669`; the API answers in the form it takes."""
+    assert get(seeded, "/api/v1/summary?month=0669-04").get_json()["month"] == "0669-04"
+
+
 def test_summary_bad_month(seeded: FlaskClient) -> None:
     response = get(seeded, "/api/v1/summary?month=2024-3-01")
     assert (response.status_code, response.get_json()) == (400, {"error": "month must be a month, YYYY-MM"})
