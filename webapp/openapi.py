@@ -13,6 +13,7 @@ from flask import Blueprint, Flask, jsonify, render_template
 from flask.typing import ResponseReturnValue
 
 from ledger.reporting import MOVEMENT_TYPES
+from webapp import report
 
 bp = Blueprint("openapi", __name__, url_prefix="/api/v1")
 
@@ -73,22 +74,6 @@ POINT_FIELDS = {
     "fx_adjustment": MONEY,
 }
 
-SUMMARY_MONEY = ("mrr_start", "mrr", "arr", *MOVEMENT_TYPES, "net_new", "arpa", "ltv", "scheduled_churn")
-SUMMARY_COUNTS = ("customers_start", "customers", "new_customers", "churned_customers", "reactivated_customers")
-SUMMARY_RATES = (
-    "mrr_growth_rate",
-    "customer_churn_rate",
-    "retention_rate",
-    "gross_mrr_churn_rate",
-    "net_mrr_churn_rate",
-    "expansion_rate",
-    "upsell_rate",
-    "nrr",
-    "grr",
-    "quick_ratio",
-    "trial_conversion_rate",
-)
-
 MISSING_RATES = {
     "type": "array",
     "description": "currencies FX_RATES_FILE has no rate for, from the first day one is missing",
@@ -103,10 +88,9 @@ SCHEMAS: dict[str, Any] = {
         {
             "month": MONTH,
             "currency": CURRENCY,
-            **{name: MONEY for name in SUMMARY_MONEY},
-            **{name: COUNT for name in SUMMARY_COUNTS},
-            **{name: RATE for name in SUMMARY_RATES},
-            "fx_adjustment": MONEY,
+            **{name: MONEY for name in (*report.BRIDGE, *report.MONEY)},
+            **{name: COUNT for name in report.COUNTS},
+            **{name: RATE for name in report.RATES},
         }
     ),
     "MrrSeries": {

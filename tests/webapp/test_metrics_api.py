@@ -201,10 +201,8 @@ def test_summary_bad_month(seeded: FlaskClient) -> None:
     assert (response.status_code, response.get_json()) == (400, {"error": "month must be a month, YYYY-MM"})
 
 
-def test_summary_of_a_month_not_started_is_a_400_naming_the_month(
-    settings: Settings, make_app: Callable[[Settings], Flask], db: Database, tmp_path: Path
-) -> None:
-    """Converted to one currency (where it used to answer 500) and per currency alike."""
+def usd_and_gbp(db: Database) -> None:
+    """The sample account (USD) and a customer paying £50 a month since 5 January."""
     from ledger.engine import recompute_customers
     from ledger.settings import RuleSettings
     from ledger.state import record_subscription
@@ -217,6 +215,13 @@ def test_summary_of_a_month_not_started_is_a_400_naming_the_month(
     with db.transaction() as session:
         record_subscription(session, pound, observed_at=utc(1, 5), source="evt_g")
         recompute_customers(session, ["cus_g"], RuleSettings(), now=utc(6, 15))
+
+
+def test_summary_of_a_month_not_started_is_a_400_naming_the_month(
+    settings: Settings, make_app: Callable[[Settings], Flask], db: Database, tmp_path: Path
+) -> None:
+    """Converted to one currency (where it used to answer 500) and per currency alike."""
+    usd_and_gbp(db)
     rates = tmp_path / "rates.csv"
     rates.write_text("date,currency,rate\n2023-12-01,gbp,1.25\n")
     for rated in (rates, None):
@@ -230,18 +235,7 @@ def test_summary_of_a_month_not_started_is_a_400_naming_the_month(
 def test_summary_names_missing_rates(
     settings: Settings, make_app: Callable[[Settings], Flask], db: Database, tmp_path: Path
 ) -> None:
-    from ledger.engine import recompute_customers
-    from ledger.settings import RuleSettings
-    from ledger.state import record_subscription
-    from tests.ledger.subscription_payloads import item, price, subscription, utc
-
-    account(db)
-    pound = subscription(
-        item(price(5000, currency="gbp")), start=utc(1, 5), customer="cus_g", sub_id="sub_g", currency="gbp"
-    )
-    with db.transaction() as session:
-        record_subscription(session, pound, observed_at=utc(1, 5), source="evt_g")
-        recompute_customers(session, ["cus_g"], RuleSettings(), now=utc(6, 15))
+    usd_and_gbp(db)
     rates = tmp_path / "rates.csv"
     rates.write_text("date,currency,rate\n2024-01-01,eur,1.1\n")
     client = make_app(replace(settings, fx_rates_file=rates)).test_client()
