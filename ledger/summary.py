@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from ledger import metrics
 from ledger.errors import SubledgerError
-from ledger.fx import RateTable, convert
+from ledger.fx import Rates, convert
 from ledger.models import AccountMonth, CustomerMonthly, DailyTotal
 from ledger.reporting import mrr_series
 from ledger.rollup import ACCOUNT_SUMS, month_text, next_month
@@ -145,7 +145,7 @@ def account_currencies(session: Session, *, livemode: bool) -> list[str]:
     return [currency for currency, _ in rows]
 
 
-def _converted(figures: list[MonthFigures], rates: RateTable, reporting_currency: str, today: date) -> MonthFigures:
+def _converted(figures: list[MonthFigures], rates: Rates, reporting_currency: str, today: date) -> MonthFigures:
     """Several currencies' figures as one, in the reporting currency.
 
     Opening amounts (and NRR/GRR numerators, so retention is measured at
@@ -211,7 +211,7 @@ def _summed(months: Sequence[tuple[int, int] | None]) -> tuple[int, int] | None:
 
 
 class MissingRates(SubledgerError, LookupError):
-    """Rates the conversion needs are not in FX_RATES_FILE."""
+    """Rates the conversion needs are missing (from FX_RATES_FILE or the reference rates)."""
 
     def __init__(self, missing: frozenset[tuple[str, date]]) -> None:
         first: dict[str, date] = {}
@@ -233,7 +233,7 @@ def account_summary(
     *,
     livemode: bool,
     month: date,
-    rates: RateTable | None,
+    rates: Rates | None,
     reporting_currency: str,
     today: date,
 ) -> list[dict[str, object]]:

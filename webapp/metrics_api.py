@@ -16,7 +16,7 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy.orm import Session
 
 from ledger.db import utcnow
-from ledger.fx import convert
+from ledger.fx import RatesInfo, convert
 from ledger.models import Movement
 from ledger.queries import cohorts as cohort_grid
 from ledger.queries import customer_story, movements_page
@@ -127,10 +127,26 @@ def mrr() -> ResponseReturnValue:
         fields = ("currency", "date", "mrr", "arr", "customers", *MOVEMENT_TYPES, "net_new", "fx_adjustment")
         rows = ([s.currency, *p.values()] for s in series for p in _points(s))
         return csv_response(fields, rows, filename="mrr.csv")
+    about = _rates_info(today)
     if len(series) == 1:
-        return jsonify(currency=series[0].currency, interval=interval, points=_points(series[0]), missing_rates=missing)
+        points = _points(series[0])
+        return jsonify(
+            currency=series[0].currency, interval=interval, points=points, missing_rates=missing, rates=about
+        )
     by_currency = [{"currency": s.currency, "points": _points(s)} for s in series]
-    return jsonify(currency=None, interval=interval, points=[], by_currency=by_currency, missing_rates=missing)
+    return jsonify(
+        currency=None, interval=interval, points=[], by_currency=by_currency, missing_rates=missing, rates=about
+    )
+
+
+def _rates_info(today: date) -> dict[str, Any] | None:
+    """Which rates converted the answer's reporting-currency figures, and whether they are a week old."""
+    rates = services().rates
+    if rates is None:
+        return None
+    info = RatesInfo.of(rates, today)
+    last = info.last_date.isoformat() if info.last_date else None
+    return {"source": info.source, "last_date": last, "stale": info.stale, "warning": info.warning}
 
 
 def _movement(movement: Movement, reporting_currency: str) -> dict[str, Any]:
@@ -217,9 +233,13 @@ def summary() -> ResponseReturnValue:
         return csv_response(
             list(rows[0]), ([*row.values()] for row in rows), filename=f"summary-{month_text(month)}.csv"
         )
+    for row in rows:
+        row["rates"] = _rates_info(today)
     if len(rows) == 1 and not missing:
         return jsonify(rows[0])
-    return jsonify(month=month_text(month), currency=None, by_currency=rows, missing_rates=missing)
+    return jsonify(
+        month=month_text(month), currency=None, by_currency=rows, missing_rates=missing, rates=_rates_info(today)
+    )
 
 
 @bp.get("/cohorts")

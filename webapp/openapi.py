@@ -76,8 +76,22 @@ POINT_FIELDS = {
 
 MISSING_RATES = {
     "type": "array",
-    "description": "currencies FX_RATES_FILE has no rate for, from the first day one is missing",
+    "description": "currencies the rates do not cover, from the first day one is missing",
     "items": _object({"currency": CURRENCY, "from": DAY}),
+}
+
+RATES = {
+    **_object(
+        {
+            "source": {"type": "string", "description": "FX_RATES_FILE, or the ECB's reference rates"},
+            "last_date": {"type": ["string", "null"], "format": "date", "description": "the newest rate's day"},
+            "stale": {"type": "boolean", "description": "the newest rate is more than a week old"},
+            "warning": {"type": ["string", "null"], "description": "says so when stale"},
+        }
+    ),
+    "type": ["object", "null"],
+    "description": "the rates figures in the reporting currency are converted at; null with FX_REFERENCE_RATES=off "
+    "and no FX_RATES_FILE",
 }
 
 SCHEMAS: dict[str, Any] = {
@@ -91,6 +105,7 @@ SCHEMAS: dict[str, Any] = {
             **{name: MONEY for name in (*report.BRIDGE, *report.MONEY)},
             **{name: COUNT for name in report.COUNTS},
             **{name: RATE for name in report.RATES},
+            "rates": RATES,
         }
     ),
     "MrrSeries": {
@@ -101,6 +116,7 @@ SCHEMAS: dict[str, Any] = {
                     "interval": {"enum": ["day", "week", "month"]},
                     "points": {"type": "array", "items": _ref("Point")},
                     "missing_rates": MISSING_RATES,
+                    "rates": RATES,
                 }
             ),
             _object(
@@ -113,10 +129,11 @@ SCHEMAS: dict[str, Any] = {
                         "items": _object({"currency": CURRENCY, "points": {"type": "array", "items": _ref("Point")}}),
                     },
                     "missing_rates": MISSING_RATES,
+                    "rates": RATES,
                 }
             ),
         ],
-        "description": "one series in one currency (converted by FX_RATES_FILE when the account has several), "
+        "description": "one series in one currency (converted at `rates` when the account has several), "
         "else one per currency",
     },
     "MovementPage": _object(
@@ -134,6 +151,7 @@ SCHEMAS: dict[str, Any] = {
                     "currency": {"type": "null"},
                     "by_currency": {"type": "array", "items": _ref("Summary")},
                     "missing_rates": MISSING_RATES,
+                    "rates": RATES,
                 }
             ),
         ]

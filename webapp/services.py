@@ -8,7 +8,7 @@ from flask import Flask, current_app
 from redis import Redis
 
 from ledger.db import Database
-from ledger.fx import RateTable, load_rates
+from ledger.fx import Rates, configured_rates
 from ledger.settings import Settings
 
 REDIS_TIMEOUT_S = 2.0
@@ -20,8 +20,8 @@ class Services:
     settings: Settings
     database: Database
     redis: Redis | None
-    rates: RateTable | None
-    """FX_RATES_FILE, read once (its content was checked when the settings loaded)."""
+    rates: Rates | None
+    """FX_RATES_FILE, read once (its content was checked when the settings loaded), or the reference rates."""
 
 
 def init_app(app: Flask, settings: Settings) -> None:
@@ -30,12 +30,7 @@ def init_app(app: Flask, settings: Settings) -> None:
         if settings.redis_url
         else None
     )
-    rates = (
-        load_rates(settings.fx_rates_file, reporting_currency=settings.reporting_currency)
-        if settings.fx_rates_file
-        else None
-    )
-    app.extensions["subledger"] = Services(settings, Database(settings.database_url), redis, rates)
+    app.extensions["subledger"] = Services(settings, Database(settings.database_url), redis, configured_rates(settings))
 
 
 def services() -> Services:

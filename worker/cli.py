@@ -245,31 +245,29 @@ def cmd_report(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from ledger.db import utcnow
-    from ledger.fx import load_rates
-    from ledger.summary import MissingRates, MonthNotStarted, account_summary, default_livemode
+    from ledger.fx import RatesInfo, configured_rates
+    from ledger.summary import MissingRates, MonthNotStarted, account_currencies, account_summary, default_livemode
     from webapp.report import render_csv, render_json, render_table
 
     settings = _settings()
     today = utcnow().date()
     month = args.month or today.replace(day=1)
-    rates = (
-        load_rates(settings.fx_rates_file, reporting_currency=settings.reporting_currency)
-        if settings.fx_rates_file
-        else None
-    )
+    rates = configured_rates(settings)
     db = Database(settings.database_url)
     try:
         with db.session() as session:
+            livemode = default_livemode(session, settings.livemode)
             summaries = account_summary(
                 session,
-                livemode=default_livemode(session, settings.livemode),
+                livemode=livemode,
                 month=month,
                 rates=rates,
                 reporting_currency=settings.reporting_currency,
                 today=today,
             )
+            converted = rates is not None and len(account_currencies(session, livemode=livemode)) > 1
     except MissingRates as exc:
-        raise CommandError(f"FX_RATES_FILE lacks rates for {exc}") from None
+        raise CommandError(f"{rates.source if rates else 'FX_RATES_FILE'} lacks rates for {exc}") from None
     except MonthNotStarted as exc:
         raise CommandError(f"--month: {exc}") from None
     finally:
@@ -280,6 +278,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(render_csv(summaries), end="")
     else:
         render_table(summaries, Console())
+    if converted and rates is not None:
+        info = RatesInfo.of(rates, today)
+        if args.format == "table":
+            print(f"Converted to {settings.reporting_currency.upper()} at {info.source}, newest rate {info.last_date}.")
+        if info.warning:
+            print(f"warning: {info.warning}", file=sys.stderr)
     return 0
 
 

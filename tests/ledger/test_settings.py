@@ -46,6 +46,7 @@ MALFORMED = [
     pytest.param("DISCOUNTS_ONCE", "always", id="DISCOUNTS_ONCE unknown"),
     pytest.param("REACTIVATION_WINDOW_DAYS", "ninety", id="REACTIVATION_WINDOW_DAYS words"),
     pytest.param("NETTING", "week", id="NETTING unknown"),
+    pytest.param("FX_REFERENCE_RATES", "imf", id="FX_REFERENCE_RATES unknown"),
 ]
 """One or more malformed values of every variable that is validated."""
 

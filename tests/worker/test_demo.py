@@ -6,9 +6,9 @@ demo writes it to `<dir>/account/expected_mrr.json`):
 
 - with `--no-fx`, the API answers per currency (`by_currency`), so every
   day's native MRR is compared exactly, currency by currency;
-- with the default FX rates, the API answers in USD; every day must equal
-  the generator's USD plus its EUR converted at that day's rate from the
-  demo's own `fx_rates.csv` (conversion by ledger.fx, tested on its own).
+- with the default rates (the ECB's reference rates), the API answers in USD;
+  every day must equal the generator's USD plus its EUR converted at that
+  day's rate (conversion by ledger.fx, tested on its own).
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ from typing import Any
 import pytest
 import requests
 
-from ledger.fx import convert, load_rates
+from ledger.fx import ReferenceRates, convert
 from ledger.intake import partition_of
 from ledger.settings import load_settings
 from tests.processes import free_port, wait_for
 from tests.worker.test_serve import alive, descendants
 from worker.cli import main
-from worker.demo import demo_environment, demo_files, lanes, start_fresh, write_fx_rates
+from worker.demo import demo_environment, demo_files, lanes, start_fresh
 from worker.synthetic import generate_account
 
 DASHBOARD_TIMEOUT_S = 150.0
@@ -56,24 +56,18 @@ def test_each_customers_events_stay_in_one_lane_in_order() -> None:
         assert [order[e["id"]] for e in lane] == sorted(order[e["id"]] for e in lane)
 
 
-def test_the_fx_rates_file_is_one_the_ledger_loads(tmp_path: Path) -> None:
-    path = tmp_path / "fx_rates.csv"
-    write_fx_rates(path, date(2024, 1, 1), date(2024, 3, 31), seed=3)
-    rates = load_rates(path, reporting_currency="usd")
-    assert convert(10000, "eur", date(2024, 2, 15), rates) is not None
-    assert convert(10000, "eur", date(2023, 12, 31), rates) is None
-    assert len(path.read_text().splitlines()) == 1 + 91
-
-
 def test_the_demo_environment_pins_what_the_numbers_depend_on(tmp_path: Path) -> None:
     files = demo_files(tmp_path)
     base = {"REDIS_URL": "redis://prod:6379/0", "STRIPE_API_KEY": "sk_live_x", "PAST_DUE_GRACE_DAYS": "7", "HOME": "/h"}
+    base |= {"FX_RATES_FILE": "/etc/fx.csv"}
     env = demo_environment(base, files, webhook_secret="whsec_demo", api_token="token", fx=False)
     assert "REDIS_URL" not in env and env["HOME"] == "/h"
     settings = load_settings(env, dotenv=False)
     assert settings.stripe_api_key is None
     assert settings.rules.past_due_grace_days is None
-    assert settings.fx_rates_file is None
+    assert (settings.fx_rates_file, settings.fx_reference_rates) == (None, False)
+    converting = demo_environment(base, files, webhook_secret="whsec_demo", api_token="token", fx=True)
+    assert load_settings(converting, dotenv=False).fx_reference_rates
     assert settings.database_url == f"sqlite:///{files.database}"
     assert settings.webhook_secrets == ("whsec_demo",) and settings.api_token == "token"
 
@@ -195,7 +189,7 @@ def _native(answer: Any, summary: Any, expected: dict[str, dict[str, int]], dire
 
 def _in_usd(answer: Any, summary: Any, expected: dict[str, dict[str, int]], directory: Path) -> None:
     assert answer["currency"] == "usd" and answer["missing_rates"] == []
-    rates = load_rates(directory / "fx_rates.csv", reporting_currency="usd")
+    rates = ReferenceRates("usd")
     booked = {p["date"]: p["mrr"] for p in answer["points"]}
     assert set(booked) == set(expected["usd"])
     wrong = []

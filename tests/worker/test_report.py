@@ -5,20 +5,37 @@ from __future__ import annotations
 import csv
 import io
 import json
+from datetime import date
 
 import pytest
 
-from ledger.db import Database
-from tests.ledger.sample_account import account
+from ledger.db import Database, utcnow
+from ledger.fx import RatesInfo, ReferenceRates, convert
+from tests.ledger.sample_account import account, usd_and_gbp
 from worker.cli import main
 
 
 @pytest.fixture
 def env(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DATABASE_URL", db.url)
-    for name in ("STRIPE_API_KEY", "FX_RATES_FILE", "REPORTING_CURRENCY"):
+    for name in ("STRIPE_API_KEY", "FX_RATES_FILE", "FX_REFERENCE_RATES", "REPORTING_CURRENCY"):
         monkeypatch.delenv(name, raising=False)
     account(db)
+
+
+def test_a_report_in_two_currencies_converts_at_the_ecbs_rates_and_says_so(
+    env: None, db: Database, capsys: pytest.CaptureFixture[str]
+) -> None:
+    usd_and_gbp(db)
+    assert main(["report", "--month", "2024-03"]) == 0
+    out, err = capsys.readouterr()
+    rates = ReferenceRates("usd")
+    gbp = convert(5000, "gbp", date(2024, 3, 31), rates)
+    assert gbp is not None
+    assert f"{(23000 + gbp) / 100:,.2f} USD" in out
+    info = RatesInfo.of(rates, utcnow().date())
+    assert f"Converted to USD at {info.source}, newest rate {info.last_date}." in out
+    assert err == (f"warning: {info.warning}\n" if info.warning else "")
 
 
 def test_json_report_has_every_kpi(env: None, capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from ledger.db import utcnow
-from ledger.fx import FxRatesError, RateTable, load_rates
+from ledger.fx import FxRatesError, Rates, RatesInfo, RateTable, load_rates
 from ledger.settings import Settings
 from ledger.summary import default_livemode
 from webapp.services import services
@@ -23,9 +23,13 @@ class LedgerView:
     settings: Settings
     livemode: bool
     now: datetime
-    rates: RateTable | None
+    rates: Rates | None
     rates_error: str | None
     """FX_RATES_FILE could not be read now (it was valid at start): shown, never a 500."""
+
+    @property
+    def rates_info(self) -> RatesInfo | None:
+        return RatesInfo.of(self.rates, self.today) if self.rates is not None else None
 
     @property
     def today(self) -> date:
@@ -48,12 +52,13 @@ def _rates(path: Path, modified: float, reporting_currency: str) -> RateTable:
 
 def ledger_view(session: Session) -> LedgerView:
     settings = services().settings
-    rates, error = None, None
+    rates, error = services().rates, None
     if settings.fx_rates_file is not None:
         try:
             modified = settings.fx_rates_file.stat().st_mtime
             rates = _rates(settings.fx_rates_file, modified, settings.reporting_currency)
         except (OSError, FxRatesError) as exc:
+            rates = None
             error = f"FX_RATES_FILE could not be read ({exc}); each currency is shown apart."
     livemode = default_livemode(session, settings.livemode)
     return LedgerView(settings, livemode, utcnow(), rates, error)

@@ -28,9 +28,9 @@ class Section:
     summary: dict[str, object] | None
 
 
-def missing_notice(missing: list[tuple[str, date]] | frozenset[tuple[str, date]]) -> str:
+def missing_notice(source: str, missing: list[tuple[str, date]] | frozenset[tuple[str, date]]) -> str:
     listed = ", ".join(f"{currency.upper()} from {day:%Y-%m-%d}" for currency, day in sorted(missing))
-    return f"FX_RATES_FILE has no rates for {listed}: each currency is shown apart, unconverted."
+    return f"{source} has no rates for {listed}: each currency is shown apart, unconverted."
 
 
 def figures(
@@ -45,18 +45,22 @@ def figures(
         try:
             summaries = account_summary(session, month=month, rates=rates, today=view.today, **common)
         except MissingRates as exc:
-            notices.append(missing_notice(exc.missing))
+            notices.append(missing_notice(rates.source, exc.missing))
             rates = None
         else:
             if series[0].missing_rates:
-                notices.append(missing_notice(series[0].missing_rates))
+                notices.append(missing_notice(rates.source, series[0].missing_rates))
                 rates = None
             else:
-                return series, summaries, notices
+                stale = view.rates_info.warning if view.rates_info and len(series[0].currencies) > 1 else None
+                return series, summaries, [*notices, stale] if stale else notices
     series = mrr_series(session, start=start, end=end, interval=interval, rates=None, **common)
     summaries = account_summary(session, month=month, rates=None, today=view.today, **common)
     if len(series) > 1 and view.rates is None:
-        notices.append("The account bills in several currencies and FX_RATES_FILE is not set: each is shown apart.")
+        notices.append(
+            "The account bills in several currencies and no rates are set (FX_REFERENCE_RATES=off, no FX_RATES_FILE): "
+            "each is shown apart."
+        )
     return series, summaries, notices
 
 
@@ -85,6 +89,7 @@ def overview() -> ResponseReturnValue:
         sections=sections,
         notices=notices,
         empty=empty,
+        converted=converted and not empty,
         chart_data=chart_data,
         start=start,
         end=end,
