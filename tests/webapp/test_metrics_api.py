@@ -7,6 +7,7 @@ import io
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import date
+from fractions import Fraction
 from importlib.metadata import version
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from flask.testing import FlaskClient
 
 from ledger.db import Database, utcnow
 from ledger.fx import RatesInfo, ReferenceRates, convert
+from ledger.mrr import round_half_up
 from ledger.settings import Settings
 from tests.ledger.sample_account import account, usd_and_gbp
 
@@ -281,3 +283,72 @@ def test_customer_page_traces_movements_to_events(seeded: FlaskClient) -> None:
     [sub] = body["subscriptions"]
     assert (sub["id"], sub["mrr"], sub["currency"]) == ("sub_a", 15000, "usd")
     assert get(seeded, "/api/v1/customers/cus_nobody").status_code == 404
+
+
+def ltv_account(db: Database) -> None:
+    """Worked by hand: five US customers at $100 and two UK ones at £50 a month, from January 2024.
+
+    | month | at the start | churned | rate |
+    |---|---|---|---|
+    | January | 0 | 0 | undefined |
+    | February | 6 (a b c d e f) | b | 1/6 (USD 1/4, GBP 0/2) |
+    | March | 6 (a c d g e f) | c g f | 1/2 (USD 2/4, GBP 1/2) |
+    """
+    from ledger.engine import recompute_customers
+    from ledger.settings import RuleSettings
+    from ledger.state import record_subscription
+    from tests.ledger.subscription_payloads import item, price, subscription, utc
+
+    plans = {"usd": price(10000), "gbp": price(5000, currency="gbp", price_id="price_gbp")}
+    customers = [  # (customer, currency, started, ended)
+        ("a", "usd", utc(1, 10), None),
+        ("b", "usd", utc(1, 12), utc(2, 20)),
+        ("c", "usd", utc(1, 15), utc(3, 10)),
+        ("d", "usd", utc(1, 20), None),
+        ("g", "usd", utc(2, 5), utc(3, 20)),
+        ("e", "gbp", utc(1, 8), None),
+        ("f", "gbp", utc(1, 25), utc(3, 15)),
+    ]
+    with db.transaction() as session:
+        for name, currency, started, ended in customers:
+            common = {"start": started, "customer": f"cus_{name}", "sub_id": f"sub_{name}", "currency": currency}
+            started_event = f"evt_{name}_started"
+            record_subscription(
+                session, subscription(item(plans[currency]), **common), observed_at=started, source=started_event
+            )
+            if ended is not None:
+                canceled = subscription(
+                    item(plans[currency]), status="canceled", canceled_at=ended, ended_at=ended, **common
+                )
+                record_subscription(session, canceled, observed_at=ended, source=f"evt_{name}_ended")
+        recompute_customers(session, [f"cus_{c[0]}" for c in customers], RuleSettings(), now=utc(6, 15))
+
+
+def test_ltv_divides_by_the_churn_of_the_six_months_ending_with_the_month_itself(
+    settings: Settings, make_app: Callable[[Settings], Flask], db: Database
+) -> None:
+    """A window shifted by a month would give February 3 × ARPA (the mean of 1/6 and 1/2), not 6 ×."""
+    ltv_account(db)
+    converted = make_app(settings).test_client()
+    months = {m: get(converted, f"/api/v1/summary?month=2024-{m:02}").get_json() for m in (1, 2, 3)}
+    assert [months[m]["customer_churn_rate"] for m in (1, 2, 3)] == [None, 0.166667, 0.5]  # 6 decimals
+    rates = ReferenceRates("usd")
+    february_gbp = convert(5000, "gbp", date(2024, 2, 29), rates)
+    march_gbp = convert(5000, "gbp", date(2024, 3, 31), rates)
+    assert february_gbp is not None and march_gbp is not None
+    assert months[2]["arpa"] == round_half_up(Fraction(4 * 10000 + 2 * february_gbp, 6))
+    assert months[3]["arpa"] == round_half_up(Fraction(2 * 10000 + march_gbp, 3))
+    assert months[1]["ltv"] is None  # no month with a rate
+    assert months[2]["ltv"] == months[2]["arpa"] * 6  # ÷ 1/6
+    assert months[3]["ltv"] == months[3]["arpa"] * 3  # ÷ mean(1/6, 1/2) = 1/3
+
+    apart = make_app(replace(settings, fx_reference_rates=False)).test_client()
+    rows = {
+        (m, row["currency"]): row
+        for m in (2, 3)
+        for row in get(apart, f"/api/v1/summary?month=2024-{m:02}").get_json()["by_currency"]
+    }
+    assert rows[2, "usd"]["ltv"] == 10000 * 4  # ÷ 1/4
+    assert rows[3, "usd"]["ltv"] == round_half_up(Fraction(10000 * 8, 3))  # ÷ mean(1/4, 1/2) = 3/8
+    assert rows[2, "gbp"]["ltv"] is None  # a churn rate of 0
+    assert rows[3, "gbp"]["ltv"] == 5000 * 4  # ÷ mean(0, 1/2) = 1/4
