@@ -39,7 +39,7 @@ MAX_POINTS = 2000
 
 def _day(name: str) -> date | None:
     raw = request.args.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return None
     try:
         parsed = date.fromisoformat(raw) if len(raw) == 10 else datetime.strptime(raw, "%Y-%m").date()
@@ -52,7 +52,7 @@ def _day(name: str) -> date | None:
 
 def _month(name: str) -> date | None:
     raw = request.args.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return None
     try:
         return datetime.strptime(raw, "%Y-%m").date()

@@ -4,10 +4,17 @@ names a parameter the request sent."""
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
 import schemathesis
 from flask import Flask
 from hypothesis import HealthCheck, given, settings
 from schemathesis import checks
+from werkzeug.serving import make_server
 
 from ledger.db import Database
 from tests.security.test_api_input import AUTH, seeded  # noqa: F401  (the fixture)
@@ -44,3 +51,35 @@ def test_every_operation_answers_as_described_and_never_5xx(app: Flask, seeded: 
                 assert any(name in error for name in sent), (case.path, case.query, error)
 
         answers()
+
+
+def test_the_schemathesis_command_finds_nothing_over_http(app: Flask, seeded: Database) -> None:  # noqa: F811
+    """`st run` as a user would run it, against the app over HTTP: its coverage phase also sends edge values
+    (empty, boundary, wrong type) that the generated cases above rarely do."""
+    httpd = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        result = subprocess.run(
+            [
+                str(Path(sys.executable).with_name("st")),
+                "run",
+                f"http://127.0.0.1:{httpd.server_port}/api/v1/openapi.json",
+                *("--header", f"Authorization: {AUTH['Authorization']}"),
+                *("--checks", ",".join(check.__name__ for check in CHECKS)),
+                *("--max-examples", "50", "--seed", "1", "--no-color"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+    finally:
+        httpd.shutdown()
+        thread.join(timeout=10)
+    summary = result.stdout.strip().splitlines()[-1]  # "== No issues found in 6.1s ==", or "== 1 warning in …"
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert "failure" not in summary and "error" not in summary, result.stdout[-4000:]
+    tested = re.search(r"Selected: (\d+)/(\d+)\s+Tested: (\d+)", result.stdout)
+    assert tested is not None and len(set(tested.groups())) == 1, result.stdout[-4000:]  # every operation
+    assert re.search(r"(\d+) generated, \1 passed", result.stdout), result.stdout[-4000:]

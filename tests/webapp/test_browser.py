@@ -15,6 +15,7 @@ import os
 import shutil
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,8 @@ def seeded(db: Database) -> Seeded:
 @pytest.fixture
 def server(settings: Settings, make_app: Callable[[Settings], Flask], seeded: Seeded) -> Iterator[str]:
     """The app behind a real HTTP server on 127.0.0.1, in a thread."""
-    httpd = make_server("127.0.0.1", 0, make_app(settings), threaded=True)
+    # The seeded account bills USD and EUR: each is drawn on its own chart.
+    httpd = make_server("127.0.0.1", 0, make_app(replace(settings, fx_reference_rates=False)), threaded=True)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_port}"

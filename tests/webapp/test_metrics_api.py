@@ -95,6 +95,8 @@ def test_mrr_daily_and_csv(seeded: FlaskClient) -> None:
         ("format=xml", "format must be json or csv"),
         ("future=yes", "future must be one of true, false"),
         ("start=1%27%20OR%201%3D1--", "start must be a date, YYYY-MM-DD (or YYYY-MM)"),
+        ("start=", "start must be a date, YYYY-MM-DD (or YYYY-MM)"),  # empty is not absent, as for every parameter
+        ("end=", "end must be a date, YYYY-MM-DD (or YYYY-MM)"),
     ],
 )
 def test_mrr_bad_parameters_are_400_naming_them(seeded: FlaskClient, query: str, error: str) -> None:
@@ -201,8 +203,9 @@ def test_a_month_before_the_year_1000_keeps_four_digits(seeded: FlaskClient) -> 
     assert get(seeded, "/api/v1/summary?month=0669-04").get_json()["month"] == "0669-04"
 
 
-def test_summary_bad_month(seeded: FlaskClient) -> None:
-    response = get(seeded, "/api/v1/summary?month=2024-3-01")
+@pytest.mark.parametrize("month", ["2024-3-01", ""])
+def test_summary_bad_month(seeded: FlaskClient, month: str) -> None:
+    response = get(seeded, f"/api/v1/summary?month={month}")
     assert (response.status_code, response.get_json()) == (400, {"error": "month must be a month, YYYY-MM"})
 
 
