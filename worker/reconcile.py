@@ -324,11 +324,19 @@ def missing_versions(
     truth = mrr_steps(snapshots, rules, until=until)
     added: list[Snapshot] = []
     ledger = ledger if ledger is not None else mrr_steps(own, rules, until=until)
-    for snapshot in snapshots:
-        if _worth_at(ledger, snapshot.observed_at) != _worth_at(truth, snapshot.observed_at):
-            added.append(snapshot)
-            ledger = mrr_steps([*own, *added], rules, until=until)
-    return added
+    # A version kept can change what the ledger is worth *before* it (a trial that ended with no version
+    # showing it is valued as the next version stands), so the instants are checked again until none differs.
+    while True:
+        differing = [
+            snapshot
+            for snapshot in snapshots
+            if not any(snapshot is kept for kept in added)
+            and _worth_at(ledger, snapshot.observed_at) != _worth_at(truth, snapshot.observed_at)
+        ]
+        if not differing:
+            return sorted(added, key=lambda snapshot: snapshot.observed_at)
+        added.append(differing[0])
+        ledger = mrr_steps([*own, *added], rules, until=until)
 
 
 class _Reconciler:

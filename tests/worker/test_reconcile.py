@@ -220,6 +220,68 @@ def test_a_lost_prorated_upgrade_is_dated_by_its_proration_lines(
 
 
 @responses.activate
+def test_a_version_kept_before_a_trial_ended_moves_the_conversion_and_is_followed_by_one_dating_it(
+    db: Database, settings: Settings, stripe_settings: Settings, api: StripeAPI
+) -> None:
+    """Gold after a trial (Jan 3–10), platinum from Feb 20, gold again from Mar 15, both prorated; the ledger
+    saw the trial and an unrelated update on Apr 1, and a backfill stored the invoices.
+
+    The Apr 1 version values the converted trial right (gold), but once the Feb 20 version is kept the trial
+    converts into platinum, so the conversion must be kept too: else the ledger is worth platinum from
+    Jan 10, and every later run finds the same drift."""
+    trial = {"start": utc(1, 3), "trial_start": utc(1, 3), "trial_end": utc(1, 10)}
+    trialing = subscription(item(GOLD), status="trialing", **trial)
+    ledger_has(
+        db,
+        settings,
+        sub_event("evt_created", "created", trialing, utc(1, 3)),
+        sub_event("evt_renamed", "updated", subscription(item(GOLD), **trial), utc(4, 1)),
+    )
+    upgrade = invoice(
+        "in_3",
+        utc(2, 20),
+        [
+            line("il_3a", GOLD, utc(2, 20), utc(3, 10), proration=True, amount=-6207),
+            line("il_3b", PLATINUM, utc(2, 20), utc(3, 10), proration=True, amount=18621),
+        ],
+    )
+    downgrade = invoice(
+        "in_5",
+        utc(3, 15),
+        [
+            line("il_5a", PLATINUM, utc(3, 15), utc(4, 10), proration=True, amount=-25161),
+            line("il_5b", GOLD, utc(3, 15), utc(4, 10), proration=True, amount=8387),
+        ],
+    )
+    for prorated in (upgrade, downgrade):
+        prorated["billing_reason"] = "subscription_update"
+    invoices = (
+        invoice("in_1", utc(1, 10), [line("il_1", GOLD, utc(1, 10), utc(2, 10))]),
+        invoice("in_2", utc(2, 10), [line("il_2", GOLD, utc(2, 10), utc(3, 10))]),
+        upgrade,
+        invoice("in_4", utc(3, 10), [line("il_4", PLATINUM, utc(3, 10), utc(4, 10))]),
+        downgrade,
+        invoice("in_6", utc(4, 10), [line("il_6", GOLD, utc(4, 10), utc(5, 10))]),
+    )
+    with db.transaction() as session:  # as a backfill stores them
+        for paid in invoices:
+            record_object(session, paid, observed_at=utc(4, 10))
+    stripe_lists(subscription(item(GOLD), current_period_start=utc(4, 10), **trial), invoices=invoices)
+    responses.get(f"{BASE}/v1/prices/price_plat", json=PLATINUM)  # only the lines name it
+
+    first = reconcile(db, stripe_settings, api=api)
+
+    assert first.status is RunStatus.OK, first.errors
+    assert [(day, kind, amount) for _, day, kind, amount, _ in movements(db)] == [
+        ("2024-01-10", "new", 10000),
+        ("2024-02-20", "expansion", 20000),
+        ("2024-03-15", "contraction", -20000),
+    ]
+    second = reconcile(db, stripe_settings, api=api)
+    assert (second.counts["drifted"], drift(db, second.run_id)) == (0, [])
+
+
+@responses.activate
 def test_a_lost_upgrade_a_later_event_repaired_is_redated_by_the_invoices_that_arrived(
     db: Database, settings: Settings, stripe_settings: Settings, api: StripeAPI
 ) -> None:
