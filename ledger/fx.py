@@ -155,8 +155,7 @@ class ReferenceRates:
 
     @property
     def last_date(self) -> date:
-        newest: date = max(bounds.last_date for bounds in _ecb().bounds.values())
-        return newest
+        return _newest_publication()
 
     def rate(self, currency: str, day: date) -> Decimal | None:
         currency = currency.lower()
@@ -165,12 +164,18 @@ class ReferenceRates:
         return _cross(currency.upper(), self.reporting_currency.upper(), day)
 
 
+@functools.cache
+def _newest_publication() -> date:
+    newest: date = max(bounds.last_date for bounds in _ecb().bounds.values())
+    return newest
+
+
 @functools.lru_cache(maxsize=65536)
 def _cross(currency: str, reporting: str, day: date) -> Decimal | None:
     converter = _ecb()
     if currency not in converter.bounds or reporting not in converter.bounds:
         return None
-    newest = max(bounds.last_date for bounds in converter.bounds.values())
+    newest = _newest_publication()
     first = max(converter.bounds[currency].first_date, converter.bounds[reporting].first_date)
     last = min(converter.bounds[currency].last_date, converter.bounds[reporting].last_date)
     if day < first or (day > last and last < newest):
