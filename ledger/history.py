@@ -40,7 +40,7 @@ one's coupon (its fields, or nothing). Stripe no longer has the coupon, or the d
 IGNORED_INVOICE_STATUSES = frozenset({"draft", "void"})
 """A draft may still change and a void invoice was never owed: neither says what was billed."""
 
-INVOICE_FIELDS = (
+_INVOICE_FIELDS = (
     "id",
     "created",
     "status",
@@ -211,7 +211,7 @@ def _mapping(value: Any) -> Mapping[str, Any]:
 
 def invoice_fields(invoice: Mapping[str, Any]) -> dict[str, Any]:
     """The part of an invoice `reconstruct` reads (a third of a current-API invoice): keep only this."""
-    return {name: invoice[name] for name in INVOICE_FIELDS if name in invoice}
+    return {name: invoice[name] for name in _INVOICE_FIELDS if name in invoice}
 
 
 def invoice_subscription(invoice: Mapping[str, Any]) -> str | None:

@@ -43,14 +43,13 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from redis import Redis, RedisError
-from sqlalchemy import func, select, type_coerce, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from ledger.db import Database, commit_without_waiting_for_disk, retrying_deadlocks, utcnow
 from ledger.engine import recompute_customers
 from ledger.errors import SubledgerError
 from ledger.history import (
-    INVOICE_FIELDS,
     coupons_as_invoiced,
     invoice_fields,
     invoice_item_subscription,
@@ -58,15 +57,7 @@ from ledger.history import (
     reconstruct,
 )
 from ledger.logs import configure_logging
-from ledger.models import (
-    BackfillCustomer,
-    Customer,
-    EventStatus,
-    JsonDocument,
-    StripeEvent,
-    StripeObject,
-    SyncCheckpoint,
-)
+from ledger.models import BackfillCustomer, Customer, EventStatus, StripeEvent, StripeObject, SyncCheckpoint
 from ledger.mrr import UnresolvedStripeObject
 from ledger.settings import Settings
 from ledger.state import (
@@ -341,7 +332,7 @@ class HistoryRebuild:
             self._stored("subscription", customers).where(StripeObject.observed_at >= self.started_at)
         ).all()
         invoices: dict[str, list[Mapping[str, Any]]] = {}
-        for invoice in session.scalars(self._invoices(session, customers)):
+        for _, invoice, _ in session.execute(self._stored("invoice", customers)):
             subscription_id = invoice_subscription(invoice)
             if subscription_id is not None:  # the rest is dropped at once: a batch holds thousands
                 invoices.setdefault(subscription_id, []).append(invoice_fields(invoice))
@@ -420,22 +411,6 @@ class HistoryRebuild:
         if self._api is None:
             self._api = StripeAPI(self.settings)
         return self._api
-
-    @staticmethod
-    def _invoices(session: Session, customers: Sequence[str]) -> Any:
-        """The customers' invoices, only the part `reconstruct` reads: on PostgreSQL that part is cut out of
-        the JSONB by the server, so a third of each document travels and is parsed (absent fields stay absent).
-        """
-        payload: Any = StripeObject.payload
-        if session.get_bind().dialect.name == "postgresql":
-            fields = func.jsonb_each(StripeObject.payload).table_valued("key", "value")
-            payload = type_coerce(
-                select(func.jsonb_object_agg(fields.c.key, fields.c.value))
-                .where(fields.c.key.in_(INVOICE_FIELDS))
-                .scalar_subquery(),
-                JsonDocument,
-            )
-        return select(payload).where(StripeObject.object == "invoice", StripeObject.customer_id.in_(customers))
 
     @staticmethod
     def _stored(kind: str, customers: Sequence[str]) -> Any:
