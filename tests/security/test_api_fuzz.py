@@ -53,7 +53,11 @@ def test_every_operation_answers_as_described_and_never_5xx(app: Flask, seeded: 
         answers()
 
 
-def test_the_schemathesis_command_finds_nothing_over_http(app: Flask, seeded: Database) -> None:  # noqa: F811
+def test_the_schemathesis_command_finds_nothing_over_http(
+    app: Flask,
+    seeded: Database,  # noqa: F811
+    tmp_path: Path,
+) -> None:
     """`st run` as a user would run it, against the app over HTTP: its coverage phase also sends edge values
     (empty, boundary, wrong type) that the generated cases above rarely do."""
     httpd = make_server("127.0.0.1", 0, app, threaded=True)
@@ -73,6 +77,7 @@ def test_the_schemathesis_command_finds_nothing_over_http(app: Flask, seeded: Da
             text=True,
             timeout=600,
             check=False,
+            cwd=tmp_path,  # where it keeps its cache (.schemathesis/)
         )
     finally:
         httpd.shutdown()
