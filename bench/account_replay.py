@@ -521,6 +521,7 @@ def replay(args: argparse.Namespace) -> Figures:
             "STRIPE_API_KEY": "sk_test_replay",
             "STRIPE_API_BASE": fake.url,
             "FX_RATES_FILE": "",
+            "FX_REFERENCE_RATES": "off",  # each currency apart, as the simulator records it
             "REPORTING_CURRENCY": "usd",
         }
         _flush_redis(args.redis_url)

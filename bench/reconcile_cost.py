@@ -224,6 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "STRIPE_API_KEY": API_KEY,
                 "STRIPE_API_BASE": fake.url,
                 "FX_RATES_FILE": "",
+                "FX_REFERENCE_RATES": "off",  # each currency apart, as the simulator records it
                 "REPORTING_CURRENCY": "usd",
             }
             print(f"commands' output in {log_dir}", flush=True)
