@@ -233,13 +233,12 @@ def summary() -> ResponseReturnValue:
         return csv_response(
             list(rows[0]), ([*row.values()] for row in rows), filename=f"summary-{month_text(month)}.csv"
         )
+    about = _rates_info(today)
     for row in rows:
-        row["rates"] = _rates_info(today)
+        row["rates"] = about
     if len(rows) == 1 and not missing:
         return jsonify(rows[0])
-    return jsonify(
-        month=month_text(month), currency=None, by_currency=rows, missing_rates=missing, rates=_rates_info(today)
-    )
+    return jsonify(month=month_text(month), currency=None, by_currency=rows, missing_rates=missing, rates=about)
 
 
 @bp.get("/cohorts")

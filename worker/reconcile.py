@@ -327,15 +327,18 @@ def missing_versions(
     # A version kept can change what the ledger is worth *before* it (a trial that ended with no version
     # showing it is valued as the next version stands), so the instants are checked again until none differs.
     while True:
-        differing = [
-            snapshot
-            for snapshot in snapshots
-            if not any(snapshot is kept for kept in added)
-            and _worth_at(ledger, snapshot.observed_at) != _worth_at(truth, snapshot.observed_at)
-        ]
-        if not differing:
+        differing = next(
+            (
+                snapshot
+                for snapshot in snapshots
+                if not any(snapshot is kept for kept in added)
+                and _worth_at(ledger, snapshot.observed_at) != _worth_at(truth, snapshot.observed_at)
+            ),
+            None,
+        )
+        if differing is None:
             return sorted(added, key=lambda snapshot: snapshot.observed_at)
-        added.append(differing[0])
+        added.append(differing)
         ledger = mrr_steps([*own, *added], rules, until=until)
 
 
