@@ -61,12 +61,23 @@ def account(db: Database) -> None:
         recompute_customers(session, ["cus_a", "cus_b", "cus_c", "cus_d"], RuleSettings(), now=NOW)
 
 
-def usd_and_gbp(db: Database) -> None:
-    """The account above (USD) and a customer paying £50 a month since 5 January."""
+def with_one_more_currency(db: Database, currency: str, amount: int) -> None:
+    """The account above (USD) and a customer paying `amount` a month in `currency` since 5 January
+    (`cus_<first letter>`, `sub_…`, `evt_…`)."""
     account(db)
-    pound = subscription(
-        item(price(5000, currency="gbp")), start=utc(1, 5), customer="cus_g", sub_id="sub_g", currency="gbp"
+    letter = currency[0]
+    other = subscription(
+        item(price(amount, currency=currency)),
+        start=utc(1, 5),
+        customer=f"cus_{letter}",
+        sub_id=f"sub_{letter}",
+        currency=currency,
     )
     with db.transaction() as session:
-        record_subscription(session, pound, observed_at=utc(1, 5), source="evt_g")
-        recompute_customers(session, ["cus_g"], RuleSettings(), now=NOW)
+        record_subscription(session, other, observed_at=utc(1, 5), source=f"evt_{letter}")
+        recompute_customers(session, [f"cus_{letter}"], RuleSettings(), now=NOW)
+
+
+def usd_and_gbp(db: Database) -> None:
+    """The account above (USD) and a customer paying £50 a month since 5 January."""
+    with_one_more_currency(db, "gbp", 5000)

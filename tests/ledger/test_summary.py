@@ -13,7 +13,7 @@ from ledger.engine import recompute_customers
 from ledger.settings import RuleSettings
 from ledger.state import record_subscription
 from ledger.summary import kpis, month_figures
-from tests.ledger.sample_account import NOW, account
+from tests.ledger.sample_account import NOW, account, with_one_more_currency
 from tests.ledger.subscription_payloads import item, price, subscription, utc
 
 
@@ -136,13 +136,7 @@ def test_a_two_currency_account_is_summed_in_the_reporting_currency(db: Database
     from ledger.fx import load_rates
     from ledger.summary import account_summary
 
-    account(db)
-    euro = subscription(
-        item(price(10000, currency="eur")), start=utc(1, 5), customer="cus_e", sub_id="sub_e", currency="eur"
-    )
-    with db.transaction() as session:
-        record_subscription(session, euro, observed_at=utc(1, 5), source="evt_e")
-        recompute_customers(session, ["cus_e"], RuleSettings(), now=NOW)
+    with_one_more_currency(db, "eur", 10000)
     rates = load_rates("date,currency,rate\n2024-01-01,eur,1.10\n2024-03-10,eur,1.20\n")
     with db.session() as session:
         [march] = account_summary(

@@ -237,14 +237,7 @@ def test_a_version_kept_before_a_trial_ended_moves_the_conversion_and_is_followe
         sub_event("evt_created", "created", trialing, utc(1, 3)),
         sub_event("evt_renamed", "updated", subscription(item(GOLD), **trial), utc(4, 1)),
     )
-    upgrade = invoice(
-        "in_3",
-        utc(2, 20),
-        [
-            line("il_3a", GOLD, utc(2, 20), utc(3, 10), proration=True, amount=-6207),
-            line("il_3b", PLATINUM, utc(2, 20), utc(3, 10), proration=True, amount=18621),
-        ],
-    )
+    _, upgraded = upgraded_on_february_20()  # its invoices; the subscription differs by the trial
     downgrade = invoice(
         "in_5",
         utc(3, 15),
@@ -253,16 +246,8 @@ def test_a_version_kept_before_a_trial_ended_moves_the_conversion_and_is_followe
             line("il_5b", GOLD, utc(3, 15), utc(4, 10), proration=True, amount=8387),
         ],
     )
-    for prorated in (upgrade, downgrade):
-        prorated["billing_reason"] = "subscription_update"
-    invoices = (
-        invoice("in_1", utc(1, 10), [line("il_1", GOLD, utc(1, 10), utc(2, 10))]),
-        invoice("in_2", utc(2, 10), [line("il_2", GOLD, utc(2, 10), utc(3, 10))]),
-        upgrade,
-        invoice("in_4", utc(3, 10), [line("il_4", PLATINUM, utc(3, 10), utc(4, 10))]),
-        downgrade,
-        invoice("in_6", utc(4, 10), [line("il_6", GOLD, utc(4, 10), utc(5, 10))]),
-    )
+    downgrade["billing_reason"] = "subscription_update"
+    invoices = (*upgraded, downgrade, invoice("in_6", utc(4, 10), [line("il_6", GOLD, utc(4, 10), utc(5, 10))]))
     with db.transaction() as session:  # as a backfill stores them
         for paid in invoices:
             record_object(session, paid, observed_at=utc(4, 10))
